@@ -1,0 +1,397 @@
+"""Upsample guidance (Hwang, Park, Jo, arXiv 2404.01709) on any denoiser, in x0/VE and eps/VP form.
+
+With ``D`` the (m_h × m_w) average pooling and ``U`` its upsampling, one guided level replaces the coarse part
+of the full-resolution x0 prediction by the model's own prediction at the resolution it was trained for:
+
+    denoised' = denoised + w · U(denoised_low - D(denoised)),   denoised_low = model(D(x), sigma / m)
+
+where ``m = sqrt(m_h m_w)``: pooling ``m_h m_w`` pixels of white noise divides its standard deviation by m, so
+the pooled latent is a valid noisy sample at ``sigma / m`` and needs no rescaling in VE form (the model
+wrapper's own ``c_in`` does the VP scaling). Factors of 4 and more are nested: ``4 = 2·2`` guides the full
+resolution by a half-resolution prediction that is itself guided by the quarter resolution, one model call per
+level and step.
+
+Timestep samplers work in VP/eps form (``x_t = sqrt(abar) x0 + sqrt(1-abar) eps``); :func:`guide_eps` converts
+to VE (``x = x_t / sqrt(abar)``, ``sigma = sqrt((1-abar)/abar)``, ``x0 = x - sigma eps``), applies the same rule
+and converts back, which equals the paper's ``eps + w U(eps_low / m - D(eps))``.
+
+Latent sizes a factor does not divide are replicate-padded (split evenly on both sides) up to the next multiple
+before pooling and the correction is cropped back: every pixel, the border too, gets a correction from the
+block that contains it, so no unguided strip and no seam appear.
+
+Window: guidance is active while the finest level the low-resolution model knows (level m) is still being
+generated. By default ("auto") the weight is ``w`` until level m is half generated (``r_m = 1/2``, its
+chromatogram peak at ``sigma = m``), then fades linearly in ``r_m`` to zero when level m is ``q_end`` generated;
+no model call is made where the weight is zero. Manual windows are a sigma range or step fractions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lib_chroma.chromatography import signal_ratio
+from lib_chroma.schedule import DiscreteSchedule
+from lib_chroma.validation import check_choice, check_int, check_number, check_sigmas
+
+__all__ = [
+    "Factor",
+    "GuidancePlan",
+    "auto_factor",
+    "factor_levels",
+    "pool",
+    "unpool",
+    "guide_x0",
+    "guide_eps",
+    "UpsampleGuidedDenoiser",
+    "WINDOW_MODES",
+    "SHAPES",
+    "OPERATORS",
+]
+
+Factor = tuple[int, int]
+LowDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+WINDOW_MODES = ("auto", "sigma", "fraction")
+SHAPES = ("fade", "constant")
+OPERATORS = ("nearest", "bilinear")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Factors
+# --------------------------------------------------------------------------------------------------------------
+
+def auto_factor(size: int, native: int) -> int:
+    """The integer factor m whose low-resolution size ``size / m`` is closest to ``native`` in log scale
+    (boundaries at ``sqrt(m (m+1))``: 1→2 above 1.414×, 2→3 above 2.449×)."""
+    check_int("size", size, 1)
+    check_int("native", native, 1)
+    ratio = size / native
+    m = 1
+    while ratio > math.sqrt(m * (m + 1)):
+        m += 1
+    return m
+
+
+def _prime_factors(n: int) -> list[int]:
+    out, p = [], 2
+    while n > 1:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return out
+
+
+def factor_levels(m_h: int, m_w: int, nested: bool = True) -> tuple[Factor, ...]:
+    """Per-level (m_h, m_w) factors, finest level first.
+
+    Nested: each axis factor splits into primes, largest first (so the intermediate resolutions are the
+    smallest multiples of native), padded with 1 on the shorter axis; ``4×4 → ((2,2), (2,2))``,
+    ``6×6 → ((3,3), (2,2))``, ``4×2 → ((2,2), (2,1))``. Not nested: one level ``((m_h, m_w),)``.
+    Factor 1×1 gives no level."""
+    check_int("factor_h", m_h, 1, 64)
+    check_int("factor_w", m_w, 1, 64)
+    if m_h == 1 and m_w == 1:
+        return ()
+    if not nested:
+        return ((m_h, m_w),)
+    ph = sorted(_prime_factors(m_h), reverse=True)
+    pw = sorted(_prime_factors(m_w), reverse=True)
+    n = max(len(ph), len(pw))
+    ph += [1] * (n - len(ph))
+    pw += [1] * (n - len(pw))
+    return tuple(zip(ph, pw))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Operators
+# --------------------------------------------------------------------------------------------------------------
+
+def _pads(size: int, m: int) -> tuple[int, int]:
+    total = (-size) % m
+    return total // 2, total - total // 2
+
+
+def pool(x: torch.Tensor, m_h: int, m_w: int) -> torch.Tensor:
+    """``D``: (m_h × m_w) average pooling of a (B, C, H, W) tensor; H, W not divisible are replicate-padded
+    evenly on both sides first, so the output is ``(ceil(H/m_h), ceil(W/m_w))``."""
+    if x.dim() != 4:
+        raise ValueError(f"x: must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if m_h == 1 and m_w == 1:
+        return x
+    t, b = _pads(x.shape[-2], m_h)
+    left, right = _pads(x.shape[-1], m_w)
+    if t or b or left or right:
+        x = F.pad(x, (left, right, t, b), mode="replicate")
+    return F.avg_pool2d(x, (m_h, m_w), (m_h, m_w))
+
+
+def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator: str = "nearest") -> torch.Tensor:
+    """``U``: upsample (B, C, h, w) by (m_h, m_w) and crop the padding :func:`pool` added, giving ``size``.
+
+    ``nearest`` repeats each value over its block (``D∘U = I`` exactly); ``bilinear`` interpolates between
+    block centres (smoother, ``D∘U ≈ I``)."""
+    H, W = size
+    if m_h == 1 and m_w == 1 and (y.shape[-2], y.shape[-1]) == (H, W):
+        return y
+    full = (y.shape[-2] * m_h, y.shape[-1] * m_w)
+    if operator == "nearest":
+        up = y.repeat_interleave(m_h, dim=-2).repeat_interleave(m_w, dim=-1)
+    elif operator == "bilinear":
+        up = F.interpolate(y, size=full, mode="bilinear", align_corners=False)
+    else:
+        raise ValueError(f"operator: unknown {operator!r}; allowed: {', '.join(OPERATORS)}")
+    t, _ = _pads(H, m_h)
+    left, _ = _pads(W, m_w)
+    return up[..., t:t + H, left:left + W]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GuidancePlan:
+    """Everything guidance needs for one generation, independent of the host.
+
+    ``levels``: per-level factors, finest first (see :func:`factor_levels`). ``scale``: w. The window is on the
+    full-resolution sigma: weight ``w`` inside ``[sigma_lo, sigma_hi]`` for shape ``constant``; for shape
+    ``fade`` the weight of a level with cumulative factor M is ``w · clamp((q_end - r_M(sigma)) / (q_end - 1/2),
+    0, 1)`` inside the window (full until level M is half generated, zero once it is q_end generated).
+    """
+
+    levels: tuple[Factor, ...]
+    scale: float = 1.0
+    sigma_hi: float = math.inf
+    sigma_lo: float = 0.0
+    shape: str = "fade"
+    q_end: float = 0.9
+    operator: str = "nearest"
+    cumulative: tuple[float, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for k, (mh, mw) in enumerate(self.levels):
+            check_int(f"levels[{k}].factor_h", mh, 1, 64)
+            check_int(f"levels[{k}].factor_w", mw, 1, 64)
+        check_number("scale", self.scale, -10.0, 10.0)
+        check_number("sigma_lo", self.sigma_lo, 0.0)
+        if math.isnan(self.sigma_hi) or self.sigma_hi < self.sigma_lo:
+            raise ValueError(f"sigma_hi: must be >= sigma_lo ({self.sigma_lo}), got {self.sigma_hi}")
+        check_choice("shape", self.shape, SHAPES)
+        check_number("q_end", self.q_end, 0.5 + 1e-6, 1.0 - 1e-9)
+        check_choice("operator", self.operator, OPERATORS)
+        cum, acc = [], 1.0
+        for mh, mw in self.levels:
+            acc *= math.sqrt(mh * mw)
+            cum.append(acc)
+        object.__setattr__(self, "cumulative", tuple(cum))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.levels) and self.scale != 0.0
+
+    def weight(self, level: int, sigma: float) -> float:
+        """Guidance weight of ``level`` (0 = finest) at full-resolution noise level ``sigma``."""
+        if not self.enabled or not (self.sigma_lo * (1 - 1e-6) <= sigma <= self.sigma_hi * (1 + 1e-6)):
+            return 0.0
+        if self.shape == "constant":
+            return float(self.scale)
+        r = float(signal_ratio(sigma, self.cumulative[level]))
+        return float(self.scale) * min(1.0, max(0.0, (self.q_end - r) / (self.q_end - 0.5)))
+
+    def active(self, sigma: float) -> bool:
+        """Whether any model call is made at this sigma (the finest level's weight is non-zero)."""
+        return self.weight(0, sigma) != 0.0
+
+    def active_steps(self, sigmas: Sequence[float] | torch.Tensor) -> list[int]:
+        """0-based steps whose model sigma ``sigmas[i]`` is guided."""
+        s = check_sigmas("sigmas", sigmas)
+        return [i for i in range(s.numel() - 1) if self.active(float(s[i]))]
+
+    def window_steps(self, sigmas: Sequence[float] | torch.Tensor) -> tuple[int, int] | None:
+        """(first, last) guided step, inclusive, or None when no step is guided."""
+        act = self.active_steps(sigmas)
+        return (act[0], act[-1]) if act else None
+
+    @classmethod
+    def build(
+        cls,
+        factor: Factor,
+        *,
+        scale: float = 1.0,
+        window: str = "auto",
+        window_range: tuple[float, float] | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
+        shape: str = "fade",
+        q_end: float = 0.9,
+        operator: str = "nearest",
+        nested: bool = True,
+    ) -> GuidancePlan:
+        """Make a plan from user-facing settings.
+
+        ``window``: ``auto`` (chromatogram rule, no range), ``sigma`` (``window_range = (sigma_hi, sigma_lo)``),
+        or ``fraction`` (``window_range = (start, end)`` step fractions in [0, 1], half-open ``[start, end)``
+        over the ``sigmas`` sequence, which is then required)."""
+        check_choice("window", window, WINDOW_MODES)
+        levels = factor_levels(int(factor[0]), int(factor[1]), nested)
+        hi, lo = math.inf, 0.0
+        if window == "sigma":
+            if window_range is None:
+                raise ValueError("window_range: required as (sigma_hi, sigma_lo) when window='sigma'")
+            hi = check_number("window_range.sigma_hi", window_range[0], 0.0)
+            lo = check_number("window_range.sigma_lo", window_range[1], 0.0, hi)
+        elif window == "fraction":
+            if window_range is None or sigmas is None:
+                raise ValueError("window_range: (start, end) fractions and sigmas are required when window='fraction'")
+            f0 = check_number("window_range.start", window_range[0], 0.0, 1.0)
+            f1 = check_number("window_range.end", window_range[1], f0, 1.0)
+            s = check_sigmas("sigmas", sigmas)
+            n = s.numel() - 1
+            steps = [i for i in range(n) if f0 <= i / n < f1 or (f1 == 1.0 and i == n - 1 and f0 <= i / n)]
+            if not steps:
+                return cls((), scale, shape=shape, q_end=q_end, operator=operator)
+            hi, lo = float(s[steps[0]]), float(s[steps[-1]])
+            # with fractions the user asked for these exact steps: a constant weight, no fade
+            shape = "constant"
+        return cls(levels, float(scale), hi, lo, shape, q_end, operator)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Application
+# --------------------------------------------------------------------------------------------------------------
+
+def _row_weights(plan: GuidancePlan, level: int, sigma_full: torch.Tensor) -> torch.Tensor:
+    vals = [plan.weight(level, float(s)) for s in sigma_full.detach().flatten().cpu()]
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def _guide(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    denoised: torch.Tensor,
+    denoise_low: LowDenoiser,
+    plan: GuidancePlan,
+    level: int,
+    sigma_full: torch.Tensor,
+) -> torch.Tensor:
+    if level >= len(plan.levels):
+        return denoised
+    w = _row_weights(plan, level, sigma_full)
+    if not bool((w != 0).any()):
+        return denoised
+    mh, mw = plan.levels[level]
+    x_low = pool(x, mh, mw)
+    s_low = sigma / math.sqrt(mh * mw)
+    d_low = denoise_low(x_low, s_low)
+    if d_low.shape != x_low.shape:
+        raise ValueError(f"denoise_low: returned shape {tuple(d_low.shape)}, expected {tuple(x_low.shape)}")
+    d_low = _guide(x_low, s_low, d_low, denoise_low, plan, level + 1, sigma_full)
+    corr = unpool(d_low - pool(denoised, mh, mw), mh, mw, (x.shape[-2], x.shape[-1]), plan.operator)
+    wt = w.to(device=denoised.device, dtype=denoised.dtype).view(-1, *([1] * (denoised.dim() - 1)))
+    return denoised + wt * corr
+
+
+def _check_inputs(x: torch.Tensor, sigma: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"x: must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if pred.shape != x.shape:
+        raise ValueError(f"prediction: shape {tuple(pred.shape)} differs from x {tuple(x.shape)}")
+    s = torch.as_tensor(sigma, device=x.device)
+    if s.dim() == 0:
+        s = s.expand(x.shape[0])
+    if s.shape != (x.shape[0],):
+        raise ValueError(f"sigma: must be a scalar or have one value per row ({x.shape[0]}), got {tuple(s.shape)}")
+    return s
+
+
+def guide_x0(
+    x: torch.Tensor,
+    sigma: torch.Tensor | float,
+    denoised: torch.Tensor,
+    denoise_low: LowDenoiser,
+    plan: GuidancePlan,
+) -> torch.Tensor:
+    """Upsample guidance in x0/VE form.
+
+    ``x`` (B, C, H, W) noisy latents ``x0 + sigma eps``; ``sigma`` per row; ``denoised`` the model's x0
+    prediction for x. ``denoise_low(x_low, sigma_low)`` returns the x0 prediction for pooled rows (all rows in
+    one call: cond and uncond together). Returns a new tensor; exactly one ``denoise_low`` call per level with
+    non-zero weight, none outside the window."""
+    s = _check_inputs(x, torch.as_tensor(sigma), denoised)
+    if not plan.enabled:
+        return denoised
+    s_model = s if s.is_floating_point() else s.to(torch.float32)
+    return _guide(x, s_model, denoised, denoise_low, plan, 0, s)
+
+
+def guide_eps(
+    x_t: torch.Tensor,
+    t: torch.Tensor | float,
+    eps: torch.Tensor,
+    eps_low: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    plan: GuidancePlan,
+    schedule: DiscreteSchedule,
+) -> torch.Tensor:
+    """Upsample guidance in eps/VP form for timestep samplers.
+
+    ``x_t`` VP latents at (possibly fractional) timesteps ``t``; ``eps`` the model's noise prediction;
+    ``eps_low(x_t_low, t_low)`` the model on pooled VP latents. Converts with ``sigma = t_to_sigma(t)``,
+    ``abar = 1/(1+sigma²)``, applies :func:`guide_x0`, and returns ``(x - x0') / sigma``."""
+    tt = _check_inputs(x_t, torch.as_tensor(t), eps)
+    if not plan.enabled:
+        return eps
+    sigma64 = schedule.t_to_sigma(tt.detach().double().cpu().clamp(0, schedule.num_timesteps - 1))
+    sig = sigma64.to(device=x_t.device, dtype=x_t.dtype).view(-1, 1, 1, 1)
+    sqrt_a = (1.0 / (1.0 + sigma64 * sigma64)).sqrt().to(device=x_t.device, dtype=x_t.dtype).view(-1, 1, 1, 1)
+    x = x_t / sqrt_a
+    denoised = x - sig * eps
+
+    def low(x_low: torch.Tensor, s_low: torch.Tensor) -> torch.Tensor:
+        s64 = s_low.detach().double().cpu()
+        # fractional timesteps: the UNet's sinusoidal embedding accepts them, as with UniPC
+        t_low = schedule.sigma_to_t(s64.clamp_min(1e-12)).to(device=x_t.device, dtype=torch.float32)
+        sa = (1.0 / (1.0 + s64 * s64)).sqrt().to(device=x_low.device, dtype=x_low.dtype).view(-1, 1, 1, 1)
+        e = eps_low(x_low * sa, t_low)
+        return x_low - s_low.to(x_low.dtype).view(-1, 1, 1, 1) * e
+
+    guided = _guide(x, sigma64.to(x.device), denoised, low, plan, 0, sigma64)
+    return (x - guided) / sig
+
+
+class UpsampleGuidedDenoiser(torch.nn.Module):
+    """Wraps a k-diffusion-style denoiser ``model(x, sigma, **kwargs) -> x0`` with upsample guidance.
+
+    The low-resolution call passes the same keyword arguments (conditioning) unless ``low_kwargs`` maps them
+    to something else (e.g. to pool spatial conditioning). ``calls`` counts model evaluations per resolution."""
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        plan: GuidancePlan,
+        low_kwargs: Callable[[dict, tuple[int, int]], dict] | None = None,
+    ) -> None:
+        super().__init__()
+        self.inner = model
+        self.plan = plan
+        self.low_kwargs = low_kwargs
+        self.calls: dict[tuple[int, int], int] = {}
+
+    def _count(self, x: torch.Tensor) -> None:
+        key = (int(x.shape[-2]), int(x.shape[-1]))
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: D102
+        self._count(x)
+        denoised = self.inner(x, sigma, **kwargs)
+
+        def low(x_low: torch.Tensor, s_low: torch.Tensor) -> torch.Tensor:
+            self._count(x_low)
+            kw = self.low_kwargs(kwargs, (x_low.shape[-2], x_low.shape[-1])) if self.low_kwargs else kwargs
+            return self.inner(x_low, s_low, **kw)
+
+        return guide_x0(x, sigma, denoised, low, self.plan)

@@ -1,0 +1,261 @@
+"""Upsample guidance: algebra, exactness on Gaussian data, bookkeeping of model calls, and edge cases."""
+
+import math
+
+import pytest
+import torch
+
+from lib_chroma import guidance as G
+from lib_chroma.schedule import model_schedule, sampler_sigmas
+
+SD = model_schedule("sd1")
+SIGMAS = sampler_sigmas("Euler", "Karras", 20, SD)
+
+
+def plan(factor=(2, 2), **kw):
+    kw.setdefault("shape", "constant")
+    return G.GuidancePlan.build(factor, **kw)
+
+
+class CountingModel:
+    """A fixed nonlinear 'denoiser' x0 = tanh(a x) + b·sigma, counting its calls per input size."""
+
+    def __init__(self, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.a = float(torch.rand((), generator=g)) + 0.5
+        self.calls: list[tuple[int, int, int]] = []
+
+    def __call__(self, x, sigma):
+        self.calls.append((x.shape[0], x.shape[-2], x.shape[-1]))
+        s = torch.as_tensor(sigma, dtype=x.dtype).view(-1, 1, 1, 1)
+        return torch.tanh(self.a * x) * (1 / (1 + s)) + 0.01 * s
+
+
+def test_factor_helpers():
+    assert G.auto_factor(1024, 512) == 2 and G.auto_factor(1536, 512) == 3 and G.auto_factor(512, 512) == 1
+    assert G.auto_factor(704, 512) == 1 and G.auto_factor(768, 512) == 2  # boundary at sqrt(2) = 1.414x
+    assert G.factor_levels(2, 2) == ((2, 2),)
+    assert G.factor_levels(4, 4) == ((2, 2), (2, 2))
+    assert G.factor_levels(6, 6) == ((3, 3), (2, 2))
+    assert G.factor_levels(4, 2) == ((2, 2), (2, 1))
+    assert G.factor_levels(4, 4, nested=False) == ((4, 4),)
+    assert G.factor_levels(1, 1) == ()
+
+
+def test_pool_unpool_inverse_and_shapes():
+    x = torch.randn(2, 4, 12, 18)
+    y = G.pool(x, 2, 3)
+    assert y.shape == (2, 4, 6, 6)
+    assert torch.allclose(G.pool(G.unpool(y, 2, 3, (12, 18)), 2, 3), y)  # D∘U = I
+    odd = torch.randn(1, 4, 13, 11)
+    assert G.pool(odd, 2, 2).shape == (1, 4, 7, 6)
+    assert G.unpool(G.pool(odd, 2, 2), 2, 2, (13, 11)).shape == odd.shape
+
+
+def test_identity_at_zero_scale_and_no_calls():
+    model = CountingModel()
+    x = torch.randn(2, 4, 16, 16)
+    d = model(x, torch.full((2,), 3.0))
+    model.calls.clear()
+    out = G.guide_x0(x, torch.full((2,), 3.0), d, model, plan(scale=0.0))
+    assert torch.equal(out, d) and model.calls == []
+
+
+def test_linear_in_scale():
+    model = CountingModel()
+    x = torch.randn(3, 4, 16, 16)
+    s = torch.full((3,), 2.0)
+    d = model(x, s)
+    g1 = G.guide_x0(x, s, d, model, plan(scale=1.0))
+    g25 = G.guide_x0(x, s, d, model, plan(scale=2.5))
+    assert torch.allclose(g25 - d, 2.5 * (g1 - d), atol=1e-6)
+
+
+def test_commutes_with_classifier_free_guidance():
+    """Guiding cond and uncond rows then combining equals combining then guiding with combined low-res rows."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 16, 16)
+    s = torch.tensor([2.0])
+    cond_m, uncond_m = CountingModel(1), CountingModel(2)
+    p = plan(scale=1.3)
+    scale = 7.0
+
+    def cfg(c, u):
+        return u + scale * (c - u)
+
+    c = G.guide_x0(x, s, cond_m(x, s), cond_m, p)
+    u = G.guide_x0(x, s, uncond_m(x, s), uncond_m, p)
+    per_row = cfg(c, u)
+
+    def low_cfg(xl, sl):
+        return cfg(cond_m(xl, sl), uncond_m(xl, sl))
+
+    combined = G.guide_x0(x, s, cfg(cond_m(x, s), uncond_m(x, s)), low_cfg, p)
+    assert torch.allclose(per_row, combined, atol=1e-5)
+
+
+def _gaussian_denoisers(spectrum_low, detail_var, m):
+    """Exact posterior means for x0 = U(z) + r: z ~ N(0, circulant spectrum) at low res, r detail noise with
+    D(r) = 0 and variance detail_var. Returns (full-res x0 predictor, low-res x0 predictor for z)."""
+
+    def low(y, s):
+        s2 = torch.as_tensor(s, dtype=y.dtype).view(-1, 1, 1, 1) ** 2
+        return torch.fft.ifft2(torch.fft.fft2(y) * spectrum_low / (spectrum_low + s2)).real
+
+    def full(x, s):
+        s_ = torch.as_tensor(s, dtype=x.dtype).view(-1, 1, 1, 1)
+        xl = G.pool(x, m, m)
+        coarse = G.unpool(low(xl, s_.flatten() / m), m, m, x.shape[-2:])
+        detail = x - G.unpool(xl, m, m, x.shape[-2:])
+        return coarse + detail_var / (detail_var + s_**2) * detail
+
+    return full, low
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_exact_gaussian_predictor_is_a_fixed_point(m):
+    """For Gaussian data whose exact x0 predictor is known, guidance changes nothing: the exact full-res
+    prediction's coarse part already equals the exact low-res prediction at sigma/m."""
+    gen = torch.Generator().manual_seed(m)
+    n = 8
+    fy, fx = torch.fft.fftfreq(n).view(-1, 1), torch.fft.fftfreq(n).view(1, -1)
+    spectrum = 1.0 / (0.05 + fx**2 + fy**2)  # stationary at the low resolution
+    spectrum = spectrum.double()
+    full, low = _gaussian_denoisers(spectrum, 0.3, m)
+    z = torch.fft.ifft2(torch.fft.fft2(torch.randn(2, 1, n, n, generator=gen, dtype=torch.float64))
+                        * spectrum.sqrt()).real
+    g = torch.randn(2, 1, n * m, n * m, generator=gen, dtype=torch.float64) * math.sqrt(0.3)
+    x0 = G.unpool(z, m, m, (n * m, n * m)) + g - G.unpool(G.pool(g, m, m), m, m, (n * m, n * m))
+    for sigma in (0.3, 1.0, 5.0):
+        s = torch.full((2,), sigma, dtype=torch.float64)
+        x = x0 + sigma * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        d = full(x, s)
+        out = G.guide_x0(x, s, d, low, plan((m, m), scale=1.0))
+        assert torch.allclose(out, d, atol=1e-10)
+        # the same check fails if the low-res call used sigma instead of sigma/m: the law matters
+        wrong = G.guide_x0(x, s, d, lambda xl, sl: low(xl, sl * m), plan((m, m), scale=1.0))
+        assert not torch.allclose(wrong, d, atol=1e-4)
+
+
+def test_white_noise_data_is_a_fixed_point():
+    """Stationary white Gaussian data (x0 ~ N(0, v I)): E[x0|x] = v/(v+s²) x, and pooled data has variance v/m²."""
+    v, m = 0.7, 2
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    s = torch.full((2,), 1.5, dtype=torch.float64)
+
+    def den(xx, ss, var):
+        ss = ss.view(-1, 1, 1, 1)
+        return var / (var + ss**2) * xx
+
+    out = G.guide_x0(x, s, den(x, s, v), lambda xl, sl: den(xl, sl, v / m**2), plan((m, m)))
+    assert torch.allclose(out, den(x, s, v), atol=1e-12)
+
+
+def test_one_call_per_level_nested_and_none_outside_window():
+    model = CountingModel()
+    x = torch.randn(3, 4, 32, 32)
+    s = torch.full((3,), 4.0)
+    d = model(x, s)
+    model.calls.clear()
+    G.guide_x0(x, s, d, model, plan((4, 4)))
+    assert model.calls == [(3, 16, 16), (3, 8, 8)]  # one batched call per level, all rows together
+    model.calls.clear()
+    p = plan((2, 2), window="sigma", window_range=(3.0, 1.0))
+    G.guide_x0(x, torch.full((3,), 0.5), d, model, p)
+    G.guide_x0(x, torch.full((3,), 5.0), d, model, p)
+    assert model.calls == []
+    G.guide_x0(x, torch.full((3,), 2.0), d, model, p)
+    assert model.calls == [(3, 16, 16)]
+
+
+def test_auto_window_fades_with_the_chromatogram():
+    p = G.GuidancePlan.build((2, 2), scale=1.0)  # auto, fade, q_end 0.9
+    assert p.weight(0, 10.0) == 1.0 and p.weight(0, 2.0) == pytest.approx(1.0)  # until r_2 = 1/2 at sigma 2
+    assert 0 < p.weight(0, 1.0) < 1.0
+    assert p.weight(0, 0.6) == 0.0  # r_2(0.6) = 0.917 > 0.9
+    first, last = p.window_steps(SIGMAS)
+    assert first == 0 and float(SIGMAS[last]) > 2 * math.sqrt(0.1 / 0.9) >= float(SIGMAS[last + 1])
+    # nested: the coarser level settles first, so its window closes earlier
+    p4 = G.GuidancePlan.build((4, 4), scale=1.0)
+    assert p4.weight(1, 1.5) < p4.weight(0, 1.5)
+
+
+def test_fraction_window_selects_those_steps():
+    p = G.GuidancePlan.build((2, 2), window="fraction", window_range=(0.0, 0.5), sigmas=SIGMAS)
+    assert p.active_steps(SIGMAS) == list(range(10))
+    p2 = G.GuidancePlan.build((2, 2), window="fraction", window_range=(0.25, 1.0), sigmas=SIGMAS)
+    assert p2.active_steps(SIGMAS) == list(range(5, 20))
+
+
+def test_non_divisible_sizes_have_no_unguided_border():
+    """With a low-res model that adds 1 to the pooled prediction, every pixel, the padded border included,
+    must receive the same correction (+w): no seam, no unguided strip."""
+    x = torch.randn(2, 4, 13, 15)
+    s = torch.full((2,), 2.0)
+    d = torch.zeros_like(x)
+    out = G.guide_x0(x, s, d, lambda xl, sl: torch.ones_like(xl), plan((2, 2), scale=0.8))
+    assert out.shape == x.shape and torch.allclose(out, torch.full_like(x, 0.8))
+    out3 = G.guide_x0(x, s, d, lambda xl, sl: torch.ones_like(xl), plan((3, 2), scale=1.0, operator="bilinear"))
+    assert torch.allclose(out3, torch.ones_like(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dtype_shape_device_and_batch_independence(dtype):
+    model = CountingModel()
+    x = torch.randn(4, 4, 16, 24).to(dtype)
+    s = torch.tensor([3.0, 3.0, 1.0, 0.5])
+    d = model(x, s)
+    out = G.guide_x0(x, s, d, model, plan((2, 3)))
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    for i in range(4):
+        single = G.guide_x0(x[i:i + 1], s[i:i + 1], d[i:i + 1], model, plan((2, 3)))
+        assert torch.allclose(single, out[i:i + 1], atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+
+
+def test_eps_form_equals_x0_form():
+    """guide_eps on a VP/eps model gives the same result as guide_x0 on its k-diffusion (VE/x0) view."""
+    model = CountingModel()
+
+    def x0_model(x, sigma):
+        return model(x, sigma)
+
+    def eps_model(x_t, t):  # the same model seen as a timestep eps predictor
+        sig = SD.t_to_sigma(t.double()).to(x_t.dtype).view(-1, 1, 1, 1)
+        x = x_t * (1 + sig**2).sqrt()
+        return (x - x0_model(x, sig.flatten())) / sig
+
+    t = torch.tensor([700.0, 700.0], dtype=torch.float64)
+    sig = SD.t_to_sigma(t).view(-1, 1, 1, 1)
+    x_t = torch.randn(2, 4, 16, 16, dtype=torch.float64)
+    p = plan((2, 2), scale=1.2)
+    eps = eps_model(x_t, t)
+    guided_eps = G.guide_eps(x_t, t, eps, eps_model, p, SD)
+    x = x_t * (1 + sig**2).sqrt()
+    guided_x0 = G.guide_x0(x, sig.flatten(), x0_model(x, sig.flatten()), x0_model, p)
+    assert torch.allclose(x - sig * guided_eps, guided_x0, atol=1e-8)
+
+
+def test_wrapper_counts_calls_per_resolution():
+    inner = CountingModel()
+    wrapped = G.UpsampleGuidedDenoiser(lambda x, s, **kw: inner(x, s), plan((2, 2)))
+    wrapped(torch.randn(2, 4, 16, 16), torch.full((2,), 3.0))
+    assert wrapped.calls == {(16, 16): 1, (8, 8): 1}
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: G.GuidancePlan.build((0, 2)), "factor_h"),
+        (lambda: G.GuidancePlan.build((2, 2), window="sometimes"), "window"),
+        (lambda: G.GuidancePlan.build((2, 2), window="sigma"), "window_range"),
+        (lambda: G.GuidancePlan.build((2, 2), scale=float("nan")), "scale"),
+        (lambda: G.GuidancePlan.build((2, 2), operator="lanczos"), "operator"),
+        (lambda: G.GuidancePlan.build((2, 2), window="fraction", window_range=(0.5, 0.2), sigmas=SIGMAS),
+         "window_range.end"),
+        (lambda: G.guide_x0(torch.zeros(2, 4, 8, 8), torch.ones(3), torch.zeros(2, 4, 8, 8), None, plan()), "sigma"),
+        (lambda: G.guide_x0(torch.zeros(2, 4, 8, 8), 1.0, torch.zeros(2, 4, 8, 9), None, plan()), "prediction"),
+    ],
+)
+def test_bad_input_names_the_argument(call, field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        call()
