@@ -1,0 +1,141 @@
+"""Settings: defaults, ranges, positional/dict API forms, infotext round trip, presets, append-only order."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib_chroma import settings as S
+
+#: The positional order shipped so far: fields may only be appended after these.
+SHIPPED = ("enabled", "preset", "scale", "factor_h", "factor_w", "window", "window_sigma_hi", "window_sigma_lo",
+           "window_start", "window_end", "shape", "q_end", "operator", "nested", "passes", "prompt_mode",
+           "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q")
+
+KEY_RE = re.compile(r"^\w[\w \-/]+$")
+
+
+def test_positional_order_is_append_only():
+    assert S.FIELD_NAMES[:len(SHIPPED)] == SHIPPED
+
+
+def test_dataclass_and_table_agree():
+    d = S.RCSettings()
+    for f in S.FIELDS:
+        assert getattr(d, f.name) == f.default, f.name
+        assert f.help and f.label
+    assert list(d.to_dict()) == list(S.FIELD_NAMES)
+
+
+def test_infotext_keys_follow_a1111_pattern():
+    for k in S.INFOTEXT_KEYS:
+        assert KEY_RE.match(k), k
+
+
+@pytest.mark.parametrize("name,value", [("scale", 3.5), ("scale", -0.1), ("factor_h", 9), ("factor_w", 1.5),
+                                        ("q_end", 0.5), ("switch_level", 0), ("window", "steps"),
+                                        ("passes", "second"), ("enabled", "maybe"), ("scale", "abc"),
+                                        ("scale", float("nan")), ("scale", True)])
+def test_out_of_range_names_the_field(name, value):
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        S.from_dict({name: value})
+
+
+def test_unknown_name_is_refused():
+    with pytest.raises(ValueError, match=r"^scal: unknown field; allowed: enabled, "):
+        S.from_dict({"scal": 1})
+
+
+def test_cross_field_rules():
+    with pytest.raises(ValueError, match="window_sigma_lo"):
+        S.from_dict({"window": "sigma", "window_sigma_hi": 1, "window_sigma_lo": 2})
+    with pytest.raises(ValueError, match="window_end"):
+        S.from_dict({"window": "fraction", "window_start": 0.6, "window_end": 0.5})
+    with pytest.raises(ValueError, match="marker"):
+        S.from_dict({"prompt_mode": "marker", "marker": "  "})
+
+
+def test_positional_and_dict_forms():
+    s = S.from_args([True, "Auto", 0.5])
+    assert s.enabled and s.scale == 0.5 and s.window == "auto"
+    assert S.from_args([]) == S.RCSettings()
+    assert S.from_args([True, None, None, 2]).factor_h == 2
+    with pytest.raises(ValueError, match="args"):
+        S.from_args([False] * (len(S.FIELDS) + 1))
+    d = S.from_args([{"scale": 0.5}, "Auto", 1.0, 0, 0])      # the API fills the other positions with defaults
+    assert d.enabled and d.scale == 0.5
+    assert not S.from_args([{"enabled": False}]).enabled
+    assert S.from_dict({"factor_h": "3", "nested": "false"}).factor_h == 3
+
+
+def test_presets_fill_only_missing_fields():
+    xl = S.from_dict({}, family="sdxl")
+    assert xl.scale == S.PRESETS["SDXL"]["scale"] and xl.switch_level == 8
+    assert S.from_dict({"scale": 1.5}, family="sdxl").scale == 1.5
+    assert S.from_dict({"preset": "SD1.5"}, family="sdxl").switch_level == 4
+    assert S.preset_values("Auto", "sd2-v") == S.PRESETS["SD2.x"]
+
+
+def test_infotext_values_survive_a1111_quoting():
+    s = S.RCSettings(enabled=True, prompt_mode="fields", layout_prompt='a "castle", b: c\\d', factor_h=3)
+    it = s.to_infotext()
+    assert it["RC factor"] == "3 auto"
+    for v in it.values():
+        assert not re.match(r"^\d+x\d+$", str(v))
+    assert S.from_infotext({k: str(v) for k, v in it.items()}) == s
+
+
+def test_paste_values():
+    it = {k: str(v) for k, v in S.RCSettings(enabled=True, scale=0.25).to_infotext().items()}
+    assert S.infotext_value("scale", it) == 0.25
+    assert S.infotext_value("switch_level", it) == 4          # absent key: the default
+    assert S.infotext_value("scale", {"Steps": "20"}) is None  # not a guided image: leave the control alone
+    assert S.infotext_value("scale", {"RC scale": "nonsense"}) is None
+
+
+_values = {
+    "scale": st.floats(0, 3, allow_nan=False).map(lambda v: round(v, 3)),
+    "factor_h": st.integers(0, 8), "factor_w": st.integers(0, 8),
+    "window": st.sampled_from(S.WINDOW_CHOICES),
+    "window_sigma_hi": st.floats(500, 1000).map(lambda v: round(v, 2)),
+    "window_sigma_lo": st.floats(0, 499).map(lambda v: round(v, 4)),
+    "window_start": st.floats(0, 0.5).map(lambda v: round(v, 3)),
+    "window_end": st.floats(0.5, 1).map(lambda v: round(v, 3)),
+    "shape": st.sampled_from(S.SHAPE_CHOICES), "q_end": st.floats(0.55, 0.99).map(lambda v: round(v, 3)),
+    "operator": st.sampled_from(S.OPERATOR_CHOICES), "nested": st.booleans(),
+    "passes": st.sampled_from(S.PASS_CHOICES), "preset": st.sampled_from(S.PRESET_CHOICES),
+    "prompt_mode": st.sampled_from(S.PROMPT_MODE_CHOICES),
+    "layout_prompt": st.text(max_size=30), "detail_prompt": st.text(max_size=30),
+    "marker": st.text(min_size=1, max_size=5).filter(lambda t: t.strip() == t and t.strip() != ""),
+    "switch_level": st.integers(1, 64), "switch_q": st.floats(0.05, 0.95).map(lambda v: round(v, 3)),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries(_values))
+def test_infotext_round_trip_restores_every_field_that_matters(vals):
+    s = S.RCSettings(enabled=True, **vals)
+    back = S.from_infotext({k: str(v) for k, v in s.to_infotext().items()})
+    assert back is not None
+    for name in S.FIELD_NAMES:
+        relevant = not (
+            (name in ("window_sigma_hi", "window_sigma_lo") and s.window != "sigma")
+            or (name in ("window_start", "window_end") and s.window != "fraction")
+            or (name == "q_end" and s.shape != "fade")
+            or (name in ("layout_prompt", "detail_prompt") and s.prompt_mode != "fields")
+            or (name == "marker" and s.prompt_mode != "marker")
+            or (name in ("switch_level", "switch_q") and s.prompt_mode == "off")
+        )
+        if relevant:
+            assert getattr(back, name) == getattr(s, name), name
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.fixed_dictionaries(_values))
+def test_dict_and_positional_agree(vals):
+    s = S.RCSettings(enabled=True, **vals)
+    assert S.from_args(s.to_args()) == s
+    assert S.from_args([s.to_dict()]) == s
