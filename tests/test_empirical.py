@@ -41,8 +41,8 @@ def test_generated_fraction_follows_power_corrected_theory(sampler_fn):
     # inflates mid-trajectory ratios by up to ~0.06; a wrong law (e.g. sigma instead of sigma/m) is off by 0.3+
     assert float((g2 - t2).abs().max()) < 0.08, (g2 - t2).abs().max()
     assert float((g2 - E.theory_fraction(sig, 1, p2)).abs().max()) > 0.2
-    # the level the data gives little power to (the detail at level 1) settles later than level 2
-    assert E.settle_step(g1) > E.settle_step(g2)
+    # level 1 holds the coarse part and the weak detail: it cannot settle before level 2
+    assert E.settle_step(g1) >= E.settle_step(g2)
     assert abs(E.settle_step(g2) - E.theory_settle_step(sig, 2, p2)) <= 1
 
 
