@@ -1,0 +1,104 @@
+"""Fixtures of the real-WebUI kit (see kit.py and README.md beside this file).
+
+Every test module of the kit starts with a module-level skip when ``WEBUI_DIR`` is unset, so that a plain
+``pytest`` (CI) reports one clear line per module and needs nothing but the standard library here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.webui import kit
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this folder ``webui`` (``-m "not webui"`` deselects the kit)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.webui)
+
+
+@pytest.fixture(scope="session")
+def webui_root() -> Path:
+    """The WebUI checkout (``WEBUI_DIR``); skips when unset."""
+    root = kit.webui_dir()
+    if root is None:
+        pytest.skip(kit.SKIP_REASON)
+    if not (root / "launch.py").exists():
+        raise FileNotFoundError(f"WEBUI_DIR={root} has no launch.py: not an A1111 WebUI checkout")
+    return root
+
+
+@pytest.fixture(scope="session")
+def webui_python(webui_root: Path) -> Path:
+    """The WebUI's own interpreter."""
+    return kit.webui_python(webui_root)
+
+
+@pytest.fixture(scope="session")
+def kit_dir() -> Iterator[Path]:
+    """The folder the kit writes into; removed at the end unless ``WEBUI_KIT_KEEP=1`` or ``WEBUI_KIT_DIR``."""
+    given = os.environ.get("WEBUI_KIT_DIR", "").strip()
+    path = Path(given).resolve() if given else Path(tempfile.mkdtemp(prefix="webui-kit-"))
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    if given or os.environ.get("WEBUI_KIT_KEEP") == "1":
+        print(f"[webui-kit] kept {path}", file=sys.stderr)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(webui_root: Path, webui_python: Path, kit_dir: Path) -> dict[str, Path]:
+    """family -> tiny ``.safetensors`` (with its ``.yaml``), built once per session with the WebUI's Python."""
+    names = os.environ.get("WEBUI_KIT_FAMILIES", ",".join(kit.FAMILIES))
+    families = tuple(f.strip() for f in names.split(",") if f.strip())
+    return kit.build_checkpoints(webui_root, webui_python, kit_dir / "models", families)
+
+
+StartWebUI = Callable[..., kit.WebUI]
+
+
+@pytest.fixture(scope="session")
+def start_webui(
+    webui_root: Path, webui_python: Path, kit_dir: Path, tiny_checkpoints: dict[str, Path]
+) -> Iterator[StartWebUI]:
+    """Factory: ``start_webui(ckpt="sd1", ui=False, extension=True, config=None)`` -> a fresh server.
+
+    Every server started through it is stopped at the end of the session, whatever happened; a test may
+    stop its own earlier with ``server.stop()``.
+    """
+    started: list[kit.WebUI] = []
+
+    def start(**kwargs: Any) -> kit.WebUI:
+        server = kit.start_webui(webui_root, webui_python, kit_dir, tiny_checkpoints, **kwargs)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def webui(start_webui: StartWebUI) -> kit.WebUI:
+    """The shared API-only server of the session: extension linked, tiny SD1 checkpoint loaded."""
+    return start_webui(ckpt="sd1")
+
+
+@pytest.fixture()
+def healthy_after(webui: kit.WebUI) -> Iterator[kit.WebUI]:
+    """The shared server, asserted to be still healthy after the test (for failure scenarios)."""
+    yield webui
+    assert webui.healthy(), "the WebUI stopped answering:\n" + webui.log_tail()

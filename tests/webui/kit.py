@@ -1,0 +1,271 @@
+"""The real-WebUI kit: build tiny checkpoints, start an A1111 WebUI on loopback, talk to it over HTTP.
+
+Standard library only: it runs in the project's dev venv, while the WebUI runs in its own Python. Nothing here
+clones, installs or patches the WebUI. Everything the kit writes (checkpoints, the WebUI's data folder with
+``config.json``, ``extensions/`` and outputs, the server logs) lies in a folder of its own; the WebUI's
+checkout is only read. Configuration, all from the environment:
+
+``WEBUI_DIR``            the installed A1111 (>= 1.9) checkout; the kit skips when it is unset.
+``WEBUI_PYTHON``         its Python (default: ``$WEBUI_DIR/venv/bin/python``, then ``venv/Scripts/python.exe``).
+``WEBUI_KIT_FAMILIES``   tiny checkpoints to build, comma list of ``sd1,sd2v,sdxl`` (default: all three).
+``WEBUI_KIT_DIR``        where the kit writes (default: a fresh temporary folder, removed unless kept).
+``WEBUI_KIT_KEEP``       ``1`` keeps that folder (logs, checkpoints) after the run and prints its path.
+``WEBUI_KIT_START_S``    seconds to wait for a server to answer (default 240).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXTENSION_NAME = "resolution-chromatography"
+EXTENSION_TITLE = "Resolution Chromatography"
+FAMILIES = ("sd1", "sd2v", "sdxl")
+SKIP_REASON = "WEBUI_DIR is unset: the real-WebUI kit needs an installed A1111 WebUI >= 1.9 (see tests/webui/README.md)"
+
+# Settings for every server the kit starts (written to the data folder's config.json before start):
+# "Approx NN" live previews would download a VAE-approx model for SDXL; the UI must not open a browser.
+BASE_CONFIG: dict[str, Any] = {
+    "show_progress_type": "Approx cheap",
+    "auto_launch_browser": "Disable",
+    "samples_save": False,
+    "grid_save": False,
+}
+
+# Environment for the WebUI process: offline, one thread (the machine is shared), deterministic.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+LAUNCH_FLAGS = [
+    "--skip-prepare-environment",
+    "--skip-torch-cuda-test",
+    "--skip-version-check",
+    "--skip-install",
+    "--use-cpu",
+    "all",
+    "--no-half",
+    "--precision",
+    "full",
+    "--api",
+    "--server-name",
+    "127.0.0.1",
+    "--no-download-sd-model",
+]
+
+
+def webui_dir() -> Path | None:
+    """The WebUI checkout named by ``WEBUI_DIR``, or None when unset."""
+    value = os.environ.get("WEBUI_DIR", "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def webui_python(root: Path) -> Path:
+    """The WebUI's own interpreter: ``WEBUI_PYTHON``, else the checkout's ``venv``."""
+    value = os.environ.get("WEBUI_PYTHON", "").strip()
+    if value:
+        return Path(value).expanduser()
+    for candidate in (root / "venv" / "bin" / "python", root / "venv" / "Scripts" / "python.exe"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no Python found in {root}/venv; set WEBUI_PYTHON to the WebUI's interpreter")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_checkpoints(root: Path, python: Path, out: Path, families: tuple[str, ...]) -> dict[str, Path]:
+    """Run ``make_checkpoints.py`` with the WebUI's Python; return family -> ``.safetensors`` path."""
+    wanted = [f for f in families if not (out / f"tiny-{f}.safetensors").exists()]
+    if wanted:
+        cmd = [str(python), str(Path(__file__).with_name("make_checkpoints.py")), "--webui-dir", str(root)]
+        cmd += ["--out", str(out), "--families", ",".join(wanted)]
+        env = dict(os.environ, **OFFLINE_ENV)
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            tail = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+            raise RuntimeError(f"make_checkpoints.py failed ({done.returncode}):\n{tail}")
+    return {f: out / f"tiny-{f}.safetensors" for f in families}
+
+
+class HTTPStatusError(AssertionError):
+    """A request that did not answer 200; keeps the status and the decoded body."""
+
+    def __init__(self, status: int, body: Any, path: str) -> None:
+        super().__init__(f"{path}: HTTP {status}: {str(body)[:2000]}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class WebUI:
+    """One running WebUI server started by the kit."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, payload: Any = None, timeout: float = 300) -> tuple[int, Any]:
+        """Send one JSON request; return (status, decoded body); never raises for an HTTP error status."""
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        return status, body
+
+    def get(self, path: str) -> Any:
+        """GET a JSON endpoint; raise :class:`HTTPStatusError` unless it answers 200."""
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise HTTPStatusError(status, body, path)
+        return body
+
+    def post(self, path: str, payload: Any) -> Any:
+        """POST JSON; raise :class:`HTTPStatusError` unless it answers 200."""
+        status, body = self.request("POST", path, payload)
+        if status != 200:
+            raise HTTPStatusError(status, body, path)
+        return body
+
+    def txt2img(self, **payload: Any) -> dict[str, Any]:
+        """POST /sdapi/v1/txt2img with small defaults (4 steps, 128x128, seed 1, Euler); return the body.
+
+        The body's ``info`` is decoded from its JSON string into a dict.
+        """
+        full = {"prompt": "a red ball", "steps": 4, "width": 128, "height": 128, "seed": 1, "sampler_name": "Euler"}
+        full.update(payload)
+        body = self.post("/sdapi/v1/txt2img", full)
+        body["info"] = json.loads(body["info"]) if isinstance(body.get("info"), str) else body.get("info")
+        return body
+
+    def healthy(self) -> bool:
+        """True when the process runs and a cheap endpoint answers 200."""
+        if self.process.poll() is not None:
+            return False
+        try:
+            return self.request("GET", "/sdapi/v1/samplers", timeout=30)[0] == 200
+        except OSError:
+            return False
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's log, for failure messages."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop the server and everything it started (its own process group); idempotent."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=timeout)
+
+
+def image_bytes(b64: str) -> bytes:
+    """Decode one image of a txt2img answer (base64 PNG, possibly as a data URL)."""
+    return base64.b64decode(b64.split(",", 1)[1] if b64.startswith("data:") else b64)
+
+
+def start_webui(
+    root: Path,
+    python: Path,
+    workdir: Path,
+    checkpoints: dict[str, Path],
+    *,
+    ckpt: str = "sd1",
+    ui: bool = False,
+    extension: bool = True,
+    config: dict[str, Any] | None = None,
+    extra_args: list[str] | None = None,
+) -> WebUI:
+    """Start a fresh WebUI (own data folder, own port) on 127.0.0.1 and wait until its API answers.
+
+    ``ui=False`` starts it API-only (``--nowebui``); ``extension`` links this checkout into the data folder's
+    ``extensions/``. The caller must call :meth:`WebUI.stop` (the fixtures do, always).
+    """
+    port = free_port()
+    data_dir = workdir / f"data-{port}"
+    (data_dir / "extensions").mkdir(parents=True)
+    if extension:
+        (data_dir / "extensions" / EXTENSION_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    settings = dict(BASE_CONFIG, **(config or {}))
+    (data_dir / "config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    args = [str(python), "launch.py", *LAUNCH_FLAGS, "--port", str(port), "--data-dir", str(data_dir)]
+    ckpt_dir = checkpoints[ckpt].parent
+    args += ["--ckpt-dir", str(ckpt_dir), "--ckpt", str(checkpoints[ckpt])]
+    if not ui:
+        args.append("--nowebui")
+    args += extra_args or []
+    env = dict(os.environ, **OFFLINE_ENV)
+    env["HF_HUB_CACHE"] = str(ckpt_dir / "hf-cache")  # the tiny OpenCLIP towers (see make_checkpoints.py)
+    env.pop("COMMANDLINE_ARGS", None)
+    log_path = workdir / f"webui-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            args,
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = WebUI(f"http://127.0.0.1:{port}", process, log_path, data_dir, checkpoints)
+    deadline = time.monotonic() + float(os.environ.get("WEBUI_KIT_START_S", "240"))
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"WebUI exited with {process.returncode} during startup:\n{server.log_tail()}")
+            try:
+                if server.request("GET", "/sdapi/v1/sd-models", timeout=10)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"WebUI did not answer within the start timeout:\n{server.log_tail()}")
+            time.sleep(0.5)
+    except BaseException:
+        server.stop()
+        raise
+    print(f"[webui-kit] started {server.url} (log {log_path})", file=sys.stderr)
+    return server
