@@ -1,0 +1,302 @@
+"""Ground-truth scorer for generated toy images at any resolution.
+
+Images are ``(C, H, W)`` or ``(N, C, H, W)`` arrays or tensors in ``[-1, 1]`` (RGB or grayscale). Geometry is
+measured in *base units* (see :mod:`lib_chroma.toy.data`): pixel coordinates divided by the per-axis scale
+``sy = H / base``, ``sx = W / base``, so the expected face at any output resolution is the training face.
+
+Per image (:class:`ImageScore`):
+
+- objects: 8-connected components of ``lum > LIGHT_THR`` (``lum`` = channel mean), closed by a 3 x 3 square
+  and with holes filled, with a filled area of at least ``0.3 * pi * R_MIN^2`` units^2; smaller light
+  components are ``specks``.
+- the main (largest) object: equivalent radius ``sqrt(area / pi)`` in units, ``size_rel = radius / sqrt(R_MIN
+  R_MAX)``, ``size_ok`` when ``0.8 R_MIN <= radius <= 1.15 R_MAX``; ``aspect = sqrt(l1 / l2)`` of its second
+  moments and ``extent`` = farthest pixel from the centroid over the radius: ``round_ok`` when
+  ``aspect <= 1.3``, ``extent <= 1.35`` and it does not touch the image border.
+- eyes: 4-connected components of ``lum < (median face lum + EYE_LUM) / 2`` inside the object's orthogonal
+  hull (between its first and last pixel along both the row and the column), of at
+  least 15% of the nominal eye area for that radius (and one pixel). ``eyes_ok``: exactly two, one on each
+  side of the centre, both above it, at similar heights, spaced ``0.35..1.3`` radii apart.
+- ``proper_face = n_objects == 1 and round_ok and eyes_ok``; ``proper_at_scale`` adds ``size_ok``.
+- ``detail``: background high-frequency energy ``mean((x - box3(x))^2)`` (RGB mean, away from objects and the
+  border) over the same statistic of the training data rendered at this ``H x W``; 1 means as detailed as
+  the data, a bilinear upscale gives far less, over-sharpening more.
+- ``edge_sharpness``: the same energy in the one-pixel band around the main object's outline, over the data's.
+- ``blockiness[g]``: for a grid of ``g x g`` pixel blocks, the mean squared neighbour difference across block
+  boundaries over that inside blocks (geometric mean of both directions); 1 = no grid, ``>> 1`` = blocks.
+- ``clipped``: fraction of values with ``|x| > 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import data
+from .morph import box3, close, dilate, erode, fill_holes, label, ortho_hull
+
+LIGHT_THR = data.BG_LUM_MAX + 0.3 * (data.FACE_LUM_MIN - data.BG_LUM_MAX)
+EYE_LUM = -0.85
+R_REF = math.sqrt(data.R_MIN * data.R_MAX)
+MIN_OBJECT_AREA = 0.3 * math.pi * data.R_MIN**2
+SIZE_RANGE = (0.8 * data.R_MIN, 1.15 * data.R_MAX)
+MAX_ASPECT = 1.3
+MAX_EXTENT = 1.35
+BLOCK_CAP = 100.0
+
+
+@dataclasses.dataclass
+class ImageScore:
+    """Scores of one image; geometric fields are NaN/-1 when there is no object."""
+
+    n_objects: int
+    n_specks: int
+    n_eyes: int
+    radius: float
+    size_rel: float
+    size_ok: bool
+    aspect: float
+    extent: float
+    round_ok: bool
+    eyes_ok: bool
+    proper_face: bool
+    proper_at_scale: bool
+    detail: float
+    edge_sharpness: float
+    blockiness: dict[str, float]
+    clipped: float
+
+
+def _as_numpy(images: object) -> np.ndarray:
+    """Tensor or array to float64 numpy ``(N, C, H, W)``."""
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()  # type: ignore[attr-defined]
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"images: expected (C,H,W) or (N,C,H,W), got shape {x.shape}")
+    return x
+
+
+def _grid_key(g: int | tuple[int, int]) -> str:
+    return str(g) if isinstance(g, int) else f"{g[0]}x{g[1]}"
+
+
+def default_grids(h: int, w: int, base: int = data.BASE) -> list[int | tuple[int, int]]:
+    """Block grids worth checking at ``h x w``: every ``g >= 2`` dividing an integral square factor
+    ``h / base = w / base``; for integral per-axis factors ``(fy, fx)`` that differ, the grid ``(fy, fx)``."""
+    fy, fx = h / base, w / base
+    if fy == fx and fy == int(fy) and fy >= 2:
+        f = int(fy)
+        return [g for g in range(2, f + 1) if f % g == 0]
+    if fy == int(fy) and fx == int(fx) and max(fy, fx) >= 2:
+        return [(int(fy), int(fx))]
+    return []
+
+
+def blockiness(img: np.ndarray, grid: int | tuple[int, int]) -> float:
+    """Geometric mean over directions of ``mean(d^2 across block boundaries) / mean(d^2 inside blocks)``.
+
+    For ``(gy, gx)`` blocks, ``d`` are the horizontal differences ``x[..., j+1] - x[..., j]`` (across a
+    boundary when ``(j+1) % gx == 0``) and the vertical ones likewise with ``gy``. A direction with grid 1 is
+    skipped; each ratio is capped at ``BLOCK_CAP``.
+    """
+    gy, gx = (grid, grid) if isinstance(grid, int) else grid
+    ratios = []
+    for g, d in ((gx, np.diff(img, axis=-1)), (gy, np.swapaxes(np.diff(img, axis=-2), -1, -2))):
+        if g < 2:
+            continue
+        pos = (np.arange(d.shape[-1]) + 1) % g == 0
+        a, b = float(np.mean(d[..., pos] ** 2)), float(np.mean(d[..., ~pos] ** 2))
+        ratios.append(min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12)))
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
+
+
+@dataclasses.dataclass
+class _Raw:
+    """Intermediate measurements of one image, before normalising by the data's statistics."""
+
+    n_objects: int
+    n_specks: int
+    n_eyes: int
+    radius: float
+    aspect: float
+    extent: float
+    inside: bool
+    eyes_ok: bool
+    detail_raw: float
+    edge_raw: float
+
+
+def _eyes_ok(eyes: list[tuple[float, float, float]], cx: float, cy: float, r: float) -> bool:
+    """Two eyes ``(x, y, area)`` in units: one each side of ``cx``, both above ``cy``, level, spaced apart."""
+    if len(eyes) != 2:
+        return False
+    (x1, y1, a1), (x2, y2, a2) = sorted(eyes)
+    return (
+        x1 < cx < x2
+        and y1 < cy
+        and y2 < cy
+        and abs(y1 - y2) < 0.35 * r
+        and 0.35 * r < x2 - x1 < 1.3 * r
+        and 1 / 3 < a1 / a2 < 3
+    )
+
+
+def _measure(img: np.ndarray, base: int) -> _Raw:
+    """Segment objects and eyes and measure the raw high-frequency energies of one ``(C, H, W)`` image."""
+    _, h, w = img.shape
+    sy, sx = h / base, w / base
+    s = math.sqrt(sx * sy)
+    lum = img.mean(0)
+    lab, n = label(lum > LIGHT_THR, conn8=True)
+    comps = []
+    for k in range(1, n + 1):
+        filled = fill_holes(close(lab == k))  # closing: a 1-px break does not open a hole
+        comps.append((filled.sum() / (sx * sy), filled, lab == k))
+    objects = [c for c in comps if c[0] >= MIN_OBJECT_AREA]
+    objects.sort(key=lambda c: -c[0])
+    any_light = np.zeros((h, w), dtype=bool)
+    for _, filled, _ in comps:
+        any_light |= filled
+    hp2 = ((img - box3(img)) ** 2).mean(0)
+    margin = max(1, math.ceil(1.5 * s))
+    bg = ~dilate(any_light, margin)
+    bg[:1], bg[-1:], bg[:, :1], bg[:, -1:] = False, False, False, False
+    detail_raw = float(hp2[bg].mean()) if bg.any() else float("nan")
+    if not objects:
+        return _Raw(0, len(comps), -1, math.nan, math.nan, math.nan, False, False, detail_raw, math.nan)
+    area, filled, light = objects[0]
+    yy, xx = np.nonzero(filled)
+    v, u = (yy + 0.5) / sy, (xx + 0.5) / sx
+    cy, cx = v.mean(), u.mean()
+    cov = np.cov(np.stack([u, v])) if len(u) > 1 else np.eye(2)
+    ev = np.linalg.eigvalsh(cov)
+    aspect = float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
+    radius = math.sqrt(area / math.pi)
+    extent = float(np.sqrt((u - cx) ** 2 + (v - cy) ** 2).max() / radius)
+    inside = not (filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any())
+    face_lum = float(np.median(lum[light]))
+    dark = ortho_hull(filled) & (lum < 0.5 * (face_lum + EYE_LUM))
+    elab, en = label(dark, conn8=False)
+    er = data.eye_layout(radius)[2]
+    min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * er**2)
+    eyes = []
+    for k in range(1, en + 1):
+        ey, ex = np.nonzero(elab == k)
+        a = len(ey) / (sx * sy)
+        if a >= min_eye:
+            eyes.append((float((ex + 0.5).mean() / sx), float((ey + 0.5).mean() / sy), a))
+    band = dilate(filled, 1) & ~erode(filled, 1)
+    edge_raw = float(hp2[band].mean()) if band.any() else math.nan
+    return _Raw(
+        n_objects=len(objects),
+        n_specks=len(comps) - len(objects),
+        n_eyes=len(eyes),
+        radius=radius,
+        aspect=aspect,
+        extent=extent,
+        inside=inside,
+        eyes_ok=_eyes_ok(eyes, cx, cy, radius),
+        detail_raw=detail_raw,
+        edge_raw=edge_raw,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def reference_stats(
+    h: int, w: int, base: int = data.BASE, n: int = 64, seed: int = 20260
+) -> dict[str, float]:
+    """Mean raw background and edge high-frequency energies of ``n`` training images rendered at ``h x w``."""
+    if base != data.BASE:
+        raise ValueError(f"base: only the data's own base {data.BASE} has reference statistics, got {base}")
+    x, _ = data.make_batch(n, seed, h, w)
+    raws = [_measure(img.astype(np.float64), base) for img in x]
+    return {
+        "detail_raw": float(np.nanmean([r.detail_raw for r in raws])),
+        "edge_raw": float(np.nanmean([r.edge_raw for r in raws])),
+    }
+
+
+def score_image(
+    img: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
+) -> ImageScore:
+    """Score one ``(C, H, W)`` image (see the module docstring for every field)."""
+    x = _as_numpy(img)[0]
+    _, h, w = x.shape
+    raw = _measure(x, base)
+    ref = reference_stats(h, w, base)
+    grids = default_grids(h, w, base) if grids is None else grids
+    size_ok = bool(SIZE_RANGE[0] <= raw.radius <= SIZE_RANGE[1])
+    round_ok = bool(
+        raw.n_objects >= 1 and raw.aspect <= MAX_ASPECT and raw.extent <= MAX_EXTENT and raw.inside
+    )
+    proper = bool(raw.n_objects == 1 and round_ok and raw.eyes_ok)
+    return ImageScore(
+        n_objects=raw.n_objects,
+        n_specks=raw.n_specks,
+        n_eyes=raw.n_eyes,
+        radius=raw.radius,
+        size_rel=raw.radius / R_REF,
+        size_ok=size_ok,
+        aspect=raw.aspect,
+        extent=raw.extent,
+        round_ok=round_ok,
+        eyes_ok=raw.eyes_ok,
+        proper_face=proper,
+        proper_at_scale=proper and size_ok,
+        detail=raw.detail_raw / ref["detail_raw"],
+        edge_sharpness=raw.edge_raw / ref["edge_raw"],
+        blockiness={_grid_key(g): blockiness(x, g) for g in grids},
+        clipped=float((np.abs(x) > 1.0).mean()),
+    )
+
+
+def score_images(
+    images: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
+) -> list[ImageScore]:
+    """Score every image of an ``(N, C, H, W)`` batch."""
+    return [score_image(img, base, grids) for img in _as_numpy(images)]
+
+
+def summarize(scores: Sequence[ImageScore]) -> dict[str, float]:
+    """Rates and means over a batch of scores.
+
+    ``one_object``, ``two_eyes`` (one object with exactly two eyes), ``proper_face``, ``proper_at_scale``,
+    ``size_ok`` are fractions of all images; ``size_rel``, ``detail``, ``edge_sharpness`` and ``clipped`` are
+    means (NaNs skipped); ``blockiness_<g>`` is the mean per grid.
+    """
+    n = len(scores)
+    out: dict[str, float] = {"n": float(n)}
+    if n == 0:
+        return out
+
+    def rate(pred: object) -> float:
+        return float(np.mean([bool(pred(s)) for s in scores]))  # type: ignore[operator]
+
+    def mean(field: str) -> float:
+        vals = np.array([getattr(s, field) for s in scores], dtype=np.float64)
+        return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+
+    out["one_object"] = rate(lambda s: s.n_objects == 1)
+    out["two_eyes"] = rate(lambda s: s.n_objects == 1 and s.n_eyes == 2)
+    out["proper_face"] = rate(lambda s: s.proper_face)
+    out["proper_at_scale"] = rate(lambda s: s.proper_at_scale)
+    out["size_ok"] = rate(lambda s: s.size_ok)
+    for field in ("size_rel", "detail", "edge_sharpness", "clipped"):
+        out[field] = mean(field)
+    for key in scores[0].blockiness:
+        out[f"blockiness_{key}"] = float(np.mean([s.blockiness[key] for s in scores]))
+    return out
+
+
+def score_batch(
+    images: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
+) -> dict[str, float]:
+    """``summarize(score_images(images, base, grids))``."""
+    return summarize(score_images(images, base, grids))
