@@ -217,11 +217,16 @@ def start_webui(
     extension: bool = True,
     config: dict[str, Any] | None = None,
     extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> WebUI:
     """Start a fresh WebUI (own data folder, own port) on 127.0.0.1 and wait until its API answers.
 
     ``ui=False`` starts it API-only (``--nowebui``); ``extension`` links this checkout into the data folder's
-    ``extensions/``. The caller must call :meth:`WebUI.stop` (the fixtures do, always).
+    ``extensions/``; ``env`` adds environment variables for the server process. The caller must call
+    :meth:`WebUI.stop` (the fixtures do, always).
+
+    Note: under ``--nowebui`` A1111 never runs ``on_ui_settings`` callbacks, so an extension's own options do
+    not exist there (``override_settings`` for them is ignored); pass such switches through ``env``.
     """
     port = free_port()
     data_dir = workdir / f"data-{port}"
@@ -236,15 +241,16 @@ def start_webui(
     if not ui:
         args.append("--nowebui")
     args += extra_args or []
-    env = dict(os.environ, **OFFLINE_ENV)
-    env["HF_HUB_CACHE"] = str(ckpt_dir / "hf-cache")  # the tiny OpenCLIP towers (see make_checkpoints.py)
-    env.pop("COMMANDLINE_ARGS", None)
+    proc_env = dict(os.environ, **OFFLINE_ENV)
+    proc_env["HF_HUB_CACHE"] = str(ckpt_dir / "hf-cache")  # the tiny OpenCLIP towers (see make_checkpoints.py)
+    proc_env.pop("COMMANDLINE_ARGS", None)
+    proc_env.update(env or {})
     log_path = workdir / f"webui-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             args,
             cwd=root,
-            env=env,
+            env=proc_env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
