@@ -136,3 +136,10 @@ def test_img2img_step_arithmetic():
 def test_bad_input_names_the_argument(call, field):
     with pytest.raises(ValueError, match=rf"^{field}:"):
         call()
+
+
+@pytest.mark.parametrize("steps, calls", [(4, 3), (6, 6), (20, 19), (30, 30), (7, 7)])
+def test_ddim_call_count_follows_a1111_timesteps(steps, calls):
+    """A1111 1.10.1 evaluates DDIM at arange(0, 1000, 1000 // steps) + 1 minus the lowest entry:
+    steps - 1 calls when 1000 is a multiple of steps, otherwise ceil(1000 / (1000 // steps)) - 1."""
+    assert S.sampler_sigmas("DDIM", "Automatic", steps, SD).numel() - 1 == calls
