@@ -36,6 +36,7 @@ __all__ = [
     "from_args",
     "from_dict",
     "from_infotext",
+    "parse_window",
     "infotext_value",
     "INFOTEXT_KEYS",
     "INFOTEXT_MARKER",
@@ -397,7 +398,7 @@ def _parse_factor(text: str) -> tuple[int, int]:
     return h, (one(parts[1]) if len(parts) == 2 else h)
 
 
-def _parse_window(text: str) -> dict[str, Any]:
+def parse_window(text: str) -> dict[str, Any]:
     parts = text.split()
     mode = validate_field("window", parts[0] if parts else "")
     if mode == "auto":
@@ -419,7 +420,7 @@ def _parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
     if "RC factor" in params:
         out["factor_h"], out["factor_w"] = _parse_factor(str(params["RC factor"]))
     if "RC window" in params:
-        out.update(_parse_window(str(params["RC window"])))
+        out.update(parse_window(str(params["RC window"])))
     if "RC shape" in params:
         parts = str(params["RC shape"]).split()
         out["shape"] = parts[0] if parts else ""

@@ -372,3 +372,10 @@ def test_debug_record(web, tmp_path, monkeypatch):
     assert rec["passes"][0]["factor"] == [2, 2]
     assert rec["prompts"][0]["switch_step"] >= 1
     assert json.loads(log.read_text().splitlines()[-1])["low_calls"] == 8
+
+
+def test_prompt_without_marker_is_left_alone(web):
+    p = make_p(web, prompts=["[a:b:0.5] castle"], hr_prompts=["[a:b:0.5] castle"])
+    web.a1111.on_process(p, ({"prompt_mode": "marker"},))
+    web.a1111.on_process_batch(p)
+    assert p.prompts == ["[a:b:0.5] castle"] and p.hr_prompts == ["[a:b:0.5] castle"]

@@ -19,6 +19,7 @@ the processing object that owns the state):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -297,12 +298,15 @@ def on_process_batch(p: Any) -> None:
         prompts = p.prompts
         for i, text in enumerate(prompts):
             layout, detail = _split(s, text)
-            prompts[i] = render_switch(layout, detail, when)
+            if layout != detail:  # nothing to switch: the user's prompt stays exactly as written
+                prompts[i] = render_switch(layout, detail, when)
         hr = getattr(p, "hr_prompts", None)
         if hr:
             for i, text in enumerate(hr):
-                if s.prompt_mode == "marker" or (s.detail_prompt and text == getattr(p, "all_prompts", [None])[0]):
+                if s.prompt_mode == "marker" and s.marker in text:
                     hr[i] = render_switch(*_split(s, text), None)
+                elif s.prompt_mode == "fields" and s.detail_prompt and text in getattr(p, "all_prompts", []):
+                    hr[i] = render_switch(text, s.detail_prompt, None)
         p.extra_generation_params["RC switch step"] = f"{step}/{n}"
         if st.debug is not None:
             st.debug["prompts"].append({"batch": getattr(p, "iteration", 0), "switch_step": step, "steps": n,
@@ -361,7 +365,7 @@ def on_cfg_denoiser(params: Any) -> None:
     if st.debug is not None:
         c = params.text_cond
         t = c["crossattn"] if isinstance(c, dict) else c
-        key = round(float(t.double().sum()), 4)
+        key = hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
         st.debug.setdefault("cond_changes", [])
         if st.last_cond_key is not None and key != st.last_cond_key:
             st.debug["cond_changes"].append({"pass": "hires" if st.current.hires else "first",
