@@ -8,8 +8,8 @@ Positional order (the ``ui()`` order, which is also the API's ``args`` order) is
 new fields are only ever appended.
 
 Infotext: a guided image carries compact ``RC …`` keys; several fields may share one key, e.g.
-``RC window: sigma 14.6 to 1.2`` (mode, sigma_hi, sigma_lo) or ``RC shape: fade 0.9`` (shape, q_end). Keys follow
-A1111's ``\\w[\\w \\-/]+`` pattern and no value looks like ``WxH`` (A1111 would split it).
+``RC window: sigma 14.6 to 1.2`` (mode, sigma_hi, sigma_lo) or ``RC shape: fade 0.9`` (shape, q_end). Keys
+follow A1111's ``\\w[\\w \\-/]+`` pattern and no value looks like ``WxH`` (A1111 would split it).
 
 This module is host-agnostic: it never imports the WebUI.
 """
@@ -54,9 +54,10 @@ INFOTEXT_MARKER = "RC scale"
 class FieldSpec:
     """One user-visible field.
 
-    ``kind``: ``bool``, ``int``, ``float``, ``choice`` or ``str``. ``minimum``/``maximum`` bound numbers (inclusive);
-    ``choices`` lists the allowed values of a ``choice``; ``step`` is the UI slider step. ``infotext`` is the key
-    the field is written under (shared keys are encoded together, see :func:`RCSettings.to_infotext`)."""
+    ``kind``: ``bool``, ``int``, ``float``, ``choice`` or ``str``. ``minimum``/``maximum`` bound numbers
+    (inclusive); ``choices`` lists the allowed values of a ``choice``; ``step`` is the UI slider step.
+    ``infotext`` is the key the field is written under (shared keys are encoded together, see
+    :meth:`RCSettings.to_infotext`)."""
 
     name: str
     kind: str
@@ -90,60 +91,214 @@ PROMPT_MODE_CHOICES: tuple[str, ...] = ("off", "fields", "marker")
 
 #: The table. ORDER MATTERS: it is the positional API order; append new fields at the end only.
 FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("enabled", "bool", False, TITLE, None,
-              "Turn the extension on. Off means no extra work at all and bit-identical images."),
-    FieldSpec("preset", "choice", "Auto", "Preset", "RC preset",
-              "Starting values per model family; Auto picks by the loaded checkpoint. Fields you set win.",
-              choices=PRESET_CHOICES),
-    FieldSpec("scale", "float", 1.0, "Guidance scale", "RC scale",
-              "w in denoised + w·U(denoised_low − D(denoised)); 0 = no guidance, 1 = the paper's rule.",
-              0.0, 3.0, 0.05),
-    FieldSpec("factor_h", "int", 0, "Factor (height)", "RC factor",
-              "Integer factor m_h between the requested height and the model's native height; 0 = auto.",
-              0, 8, 1),
-    FieldSpec("factor_w", "int", 0, "Factor (width)", "RC factor",
-              "Integer factor m_w between the requested width and the model's native width; 0 = auto.",
-              0, 8, 1),
-    FieldSpec("window", "choice", "auto", "Window", "RC window",
-              "When guidance is active: auto (from the chromatogram: full weight until the level the low-res "
-              "model knows is half generated, fading to 0 when it is q_end generated), a sigma range, or step "
-              "fractions.", choices=WINDOW_CHOICES),
-    FieldSpec("window_sigma_hi", "float", 14.6147, "Window sigma from", "RC window",
-              "Sigma window (mode 'sigma'): guidance while sigma_lo <= sigma <= sigma_hi.", 0.0, 1000.0, 0.01),
-    FieldSpec("window_sigma_lo", "float", 0.0, "Window sigma to", "RC window",
-              "Lower end of the sigma window (mode 'sigma').", 0.0, 1000.0, 0.01),
-    FieldSpec("window_start", "float", 0.0, "Window start (fraction)", "RC window",
-              "Step-fraction window (mode 'fraction'): steps i with start <= i/N < end.", 0.0, 1.0, 0.01),
-    FieldSpec("window_end", "float", 1.0, "Window end (fraction)", "RC window",
-              "End of the step-fraction window (mode 'fraction').", 0.0, 1.0, 0.01),
-    FieldSpec("shape", "choice", "fade", "Weight shape", "RC shape",
-              "fade: weight fades out as the guided level completes; constant: w throughout the window.",
-              choices=SHAPE_CHOICES),
-    FieldSpec("q_end", "float", 0.9, "Fade end (q)", "RC shape",
-              "Fade shape: the weight reaches 0 when the guided level is this fraction generated.",
-              0.55, 0.99, 0.01),
-    FieldSpec("operator", "choice", "nearest", "Upsampling", "RC operator",
-              "U: nearest (exact, blocky corrections) or bilinear (smoother).", choices=OPERATOR_CHOICES),
-    FieldSpec("nested", "bool", True, "Nested levels", "RC nested",
-              "Split factors >= 4 into nested levels (4 = 2·2), one model call per level and step."),
-    FieldSpec("passes", "choice", "first", "Passes", "RC passes",
-              "Which sampling passes are guided: the first pass, the hires-fix pass, or both.",
-              choices=PASS_CHOICES),
-    FieldSpec("prompt_mode", "choice", "off", "Time-dependent prompts", "RC prompts",
-              "off; fields (layout and detail prompts below; empty = the main prompt); marker (the main prompt "
-              "'layout MARKER detail': the layout part alone first, then the whole prompt).",
-              choices=PROMPT_MODE_CHOICES),
-    FieldSpec("layout_prompt", "str", "", "Layout prompt", "RC layout",
-              "Prompt while the coarse levels are generated (mode 'fields'; empty = main prompt)."),
-    FieldSpec("detail_prompt", "str", "", "Detail prompt", "RC detail",
-              "Prompt once the switch level is generated (mode 'fields'; empty = main prompt)."),
-    FieldSpec("marker", "str", ">>", "Marker", "RC marker",
-              "The marker that splits the main prompt in mode 'marker'.", max_length=32),
-    FieldSpec("switch_level", "int", 4, "Switch level", "RC switch",
-              "Latent level m (image scale 8m px) whose generation triggers the switch to the detail prompt.",
-              1, 64, 1),
-    FieldSpec("switch_q", "float", 0.5, "Switch at fraction q", "RC switch",
-              "Switch once level m is this fraction generated (r_m(sigma) >= q).", 0.05, 0.95, 0.05),
+    FieldSpec(
+        "enabled",
+        "bool",
+        False,
+        TITLE,
+        None,
+        "Turn the extension on. Off means no extra work at all and bit-identical images.",
+    ),
+    FieldSpec(
+        "preset",
+        "choice",
+        "Auto",
+        "Preset",
+        "RC preset",
+        "Starting values per model family; Auto picks by the loaded checkpoint. Fields you set win.",
+        choices=PRESET_CHOICES,
+    ),
+    FieldSpec(
+        "scale",
+        "float",
+        1.0,
+        "Guidance scale",
+        "RC scale",
+        "w in denoised + w·U(denoised_low − D(denoised)); 0 = no guidance, 1 = the paper's rule.",
+        0.0,
+        3.0,
+        0.05,
+    ),
+    FieldSpec(
+        "factor_h",
+        "int",
+        0,
+        "Factor (height)",
+        "RC factor",
+        "Integer factor m_h between the requested height and the model's native height; 0 = auto.",
+        0,
+        8,
+        1,
+    ),
+    FieldSpec(
+        "factor_w",
+        "int",
+        0,
+        "Factor (width)",
+        "RC factor",
+        "Integer factor m_w between the requested width and the model's native width; 0 = auto.",
+        0,
+        8,
+        1,
+    ),
+    FieldSpec(
+        "window",
+        "choice",
+        "auto",
+        "Window",
+        "RC window",
+        "When guidance is active: auto (from the chromatogram: full weight until the level the low-res "
+        "model knows is half generated, fading to 0 when it is q_end generated), a sigma range, or step "
+        "fractions.",
+        choices=WINDOW_CHOICES,
+    ),
+    FieldSpec(
+        "window_sigma_hi",
+        "float",
+        14.6147,
+        "Window sigma from",
+        "RC window",
+        "Sigma window (mode 'sigma'): guidance while sigma_lo <= sigma <= sigma_hi.",
+        0.0,
+        1000.0,
+        0.01,
+    ),
+    FieldSpec(
+        "window_sigma_lo",
+        "float",
+        0.0,
+        "Window sigma to",
+        "RC window",
+        "Lower end of the sigma window (mode 'sigma').",
+        0.0,
+        1000.0,
+        0.01,
+    ),
+    FieldSpec(
+        "window_start",
+        "float",
+        0.0,
+        "Window start (fraction)",
+        "RC window",
+        "Step-fraction window (mode 'fraction'): steps i with start <= i/N < end.",
+        0.0,
+        1.0,
+        0.01,
+    ),
+    FieldSpec(
+        "window_end",
+        "float",
+        1.0,
+        "Window end (fraction)",
+        "RC window",
+        "End of the step-fraction window (mode 'fraction').",
+        0.0,
+        1.0,
+        0.01,
+    ),
+    FieldSpec(
+        "shape",
+        "choice",
+        "fade",
+        "Weight shape",
+        "RC shape",
+        "fade: weight fades out as the guided level completes; constant: w throughout the window.",
+        choices=SHAPE_CHOICES,
+    ),
+    FieldSpec(
+        "q_end",
+        "float",
+        0.9,
+        "Fade end (q)",
+        "RC shape",
+        "Fade shape: the weight reaches 0 when the guided level is this fraction generated.",
+        0.55,
+        0.99,
+        0.01,
+    ),
+    FieldSpec(
+        "operator",
+        "choice",
+        "nearest",
+        "Upsampling",
+        "RC operator",
+        "U: nearest (exact, blocky corrections) or bilinear (smoother).",
+        choices=OPERATOR_CHOICES,
+    ),
+    FieldSpec(
+        "nested",
+        "bool",
+        True,
+        "Nested levels",
+        "RC nested",
+        "Split factors >= 4 into nested levels (4 = 2·2), one model call per level and step.",
+    ),
+    FieldSpec(
+        "passes",
+        "choice",
+        "first",
+        "Passes",
+        "RC passes",
+        "Which sampling passes are guided: the first pass, the hires-fix pass, or both.",
+        choices=PASS_CHOICES,
+    ),
+    FieldSpec(
+        "prompt_mode",
+        "choice",
+        "off",
+        "Time-dependent prompts",
+        "RC prompts",
+        "off; fields (layout and detail prompts below; empty = the main prompt); marker (the main prompt "
+        "'layout MARKER detail': the layout part alone first, then the whole prompt).",
+        choices=PROMPT_MODE_CHOICES,
+    ),
+    FieldSpec(
+        "layout_prompt",
+        "str",
+        "",
+        "Layout prompt",
+        "RC layout",
+        "Prompt while the coarse levels are generated (mode 'fields'; empty = main prompt).",
+    ),
+    FieldSpec(
+        "detail_prompt",
+        "str",
+        "",
+        "Detail prompt",
+        "RC detail",
+        "Prompt once the switch level is generated (mode 'fields'; empty = main prompt).",
+    ),
+    FieldSpec(
+        "marker",
+        "str",
+        ">>",
+        "Marker",
+        "RC marker",
+        "The marker that splits the main prompt in mode 'marker'.",
+        max_length=32,
+    ),
+    FieldSpec(
+        "switch_level",
+        "int",
+        4,
+        "Switch level",
+        "RC switch",
+        "Latent level m (image scale 8m px) whose generation triggers the switch to the detail prompt.",
+        1,
+        64,
+        1,
+    ),
+    FieldSpec(
+        "switch_q",
+        "float",
+        0.5,
+        "Switch at fraction q",
+        "RC switch",
+        "Switch once level m is this fraction generated (r_m(sigma) >= q).",
+        0.05,
+        0.95,
+        0.05,
+    ),
 )
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
@@ -151,17 +306,40 @@ FIELD_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
 
 #: Every infotext key the extension writes. The last three are informational (written, never read back).
 INFOTEXT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(f.infotext for f in FIELDS if f.infotext)) + (
-    "RC guided steps", "RC switch step", "RC error",
+    "RC guided steps",
+    "RC switch step",
+    "RC error",
 )
 
 #: Presets per model family: starting values for fields (others keep their defaults).
 PRESETS: dict[str, dict[str, Any]] = {
-    "SD1.5": {"scale": 1.0, "window": "auto", "shape": "fade", "q_end": 0.9, "operator": "nearest",
-              "switch_level": 4, "switch_q": 0.5},
-    "SD2.x": {"scale": 1.0, "window": "auto", "shape": "fade", "q_end": 0.9, "operator": "nearest",
-              "switch_level": 4, "switch_q": 0.5},
-    "SDXL": {"scale": 0.8, "window": "auto", "shape": "fade", "q_end": 0.9, "operator": "bilinear",
-             "switch_level": 8, "switch_q": 0.5},
+    "SD1.5": {
+        "scale": 1.0,
+        "window": "auto",
+        "shape": "fade",
+        "q_end": 0.9,
+        "operator": "nearest",
+        "switch_level": 4,
+        "switch_q": 0.5,
+    },
+    "SD2.x": {
+        "scale": 1.0,
+        "window": "auto",
+        "shape": "fade",
+        "q_end": 0.9,
+        "operator": "nearest",
+        "switch_level": 4,
+        "switch_q": 0.5,
+    },
+    "SDXL": {
+        "scale": 0.8,
+        "window": "auto",
+        "shape": "fade",
+        "q_end": 0.9,
+        "operator": "bilinear",
+        "switch_level": 8,
+        "switch_q": 0.5,
+    },
 }
 
 #: Model family (``lib_chroma.schedule.MODEL_FAMILIES`` key) to preset name.
@@ -176,16 +354,26 @@ def preset_values(preset: str, family: str | None = None) -> dict[str, Any]:
     return dict(PRESETS[preset])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Validation
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, numbers.Integral) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+    if isinstance(value, str) and value.strip().lower() in (
+        "true",
+        "false",
+        "1",
+        "0",
+        "yes",
+        "no",
+        "on",
+        "off",
+    ):
         return value.strip().lower() in ("true", "1", "yes", "on")
     raise ValueError(f"{name}: must be true or false, got {value!r}")
 
@@ -222,15 +410,17 @@ def validate_field(name: str, value: Any) -> Any:
     return value
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The settings object
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RCSettings:
     """All fields, validated (see :data:`FIELDS` for meaning, ranges and defaults).
 
-    Cross-field rules: window ``sigma`` needs ``window_sigma_hi >= window_sigma_lo``; window ``fraction`` needs
+    Cross-field rules: window ``sigma`` needs ``window_sigma_hi >= window_sigma_lo``; window ``fraction``
+    needs
     ``window_start <= window_end``; mode ``marker`` needs a non-blank marker."""
 
     enabled: bool = False
@@ -260,14 +450,18 @@ class RCSettings:
             object.__setattr__(self, f.name, validate_field(f.name, getattr(self, f.name)))
         if self.window == "sigma" and self.window_sigma_hi < self.window_sigma_lo:
             raise ValueError(
-                f"window_sigma_lo: must be <= window_sigma_hi ({self.window_sigma_hi}), got {self.window_sigma_lo}"
+                f"window_sigma_lo: must be <= window_sigma_hi ({self.window_sigma_hi}), "
+                f"got {self.window_sigma_lo}"
             )
         if self.window == "fraction" and self.window_start > self.window_end:
-            raise ValueError(f"window_end: must be >= window_start ({self.window_start}), got {self.window_end}")
+            raise ValueError(
+                f"window_end: must be >= window_start ({self.window_start}), got {self.window_end}"
+            )
         if self.prompt_mode == "marker" and not self.marker.strip():
             raise ValueError("marker: must be a non-blank string when prompt_mode is 'marker'")
 
-    # -- conversions ------------------------------------------------------------------------------------------
+    # -- conversions
+    # ------------------------------------------------------------------------------------------
 
     def with_(self, **changes: Any) -> RCSettings:
         """A validated copy with some fields changed (unknown names raise ``ValueError``)."""
@@ -346,16 +540,17 @@ def _encode_window(s: RCSettings) -> str:
     return "auto"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Parsing: positional args, API dicts, infotext
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 def from_dict(values: Mapping[str, Any], *, family: str | None = None, api: bool = True) -> RCSettings:
     """Settings from named fields (the API dict form).
 
-    Unknown names and out-of-range values raise ``ValueError`` naming the field. Missing names take the preset's
-    value (``preset``, default ``Auto`` = by ``family``), else the field default. In the API form (``api``) a
-    dict means "enabled" unless it says ``"enabled": false``."""
+    Unknown names and out-of-range values raise ``ValueError`` naming the field. Missing names take the
+    preset's value (``preset``, default ``Auto`` = by ``family``), else the field default. In the API form
+    (``api``) a dict means "enabled" unless it says ``"enabled": false``."""
     if not isinstance(values, Mapping):
         raise ValueError(f"args: a dict of named fields expected, got {type(values).__name__}")
     for k in values:
@@ -372,8 +567,8 @@ def from_dict(values: Mapping[str, Any], *, family: str | None = None, api: bool
 def from_args(args: Sequence[Any], *, family: str | None = None) -> RCSettings:
     """Settings from ``ui()``-ordered positional values, or a single dict of named fields in first position.
 
-    Missing trailing values and ``None`` take defaults; extra values raise ``ValueError``. With a dict first, the
-    values after it are ignored: they are the UI defaults the API fills into the remaining positions."""
+    Missing trailing values and ``None`` take defaults; extra values raise ``ValueError``. With a dict first,
+    the values after it are ignored: they are the UI defaults the API fills into the remaining positions."""
     args = list(args)
     if args and isinstance(args[0], Mapping):
         return from_dict(args[0], family=family)
@@ -426,9 +621,15 @@ def _parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
         out["shape"] = parts[0] if parts else ""
         if len(parts) > 1:
             out["q_end"] = parts[1]
-    for key, name in (("RC operator", "operator"), ("RC nested", "nested"), ("RC passes", "passes"),
-                      ("RC prompts", "prompt_mode"), ("RC layout", "layout_prompt"),
-                      ("RC detail", "detail_prompt"), ("RC marker", "marker")):
+    for key, name in (
+        ("RC operator", "operator"),
+        ("RC nested", "nested"),
+        ("RC passes", "passes"),
+        ("RC prompts", "prompt_mode"),
+        ("RC layout", "layout_prompt"),
+        ("RC detail", "detail_prompt"),
+        ("RC marker", "marker"),
+    ):
         if key in params:
             out[name] = params[key]
     if "RC switch" in params:
@@ -449,8 +650,9 @@ def from_infotext(params: Mapping[str, str]) -> RCSettings | None:
 
 
 def infotext_value(name: str, params: Mapping[str, str]) -> Any:
-    """One field's value for a paste: the infotext's value, the default when the image was guided but the key is
-    absent, and None (leave the control alone) when the image was not guided or the infotext is unreadable."""
+    """One field's value for a paste: the infotext's value, the default when the image was guided but the key
+    is absent, and None (leave the control alone) when the image was not guided or the infotext is
+    unreadable."""
     if INFOTEXT_MARKER not in params:
         return None
     try:

@@ -1,6 +1,6 @@
 """A1111 entry point: the always-visible "Resolution Chromatography" script. Thin: the UI, the hooks and the
-callbacks live in ``lib_chroma.webui``; this file only forwards to them and registers the global callbacks once
-per (re)load of the scripts (A1111 clears every callback before it re-imports this file)."""
+callbacks live in ``lib_chroma.webui``; this file only forwards to them and registers the global callbacks
+once per (re)load of the scripts (A1111 clears every callback before it re-imports this file)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ script_callbacks.on_app_started(lambda demo, app: api.install(app), name="resolu
 
 
 class ResolutionChromatography(scripts.Script):
-    """Upsample guidance, chromatography-timed prompts and curve previews for one-pass high-resolution images."""
+    """Upsample guidance, chromatography-timed prompts and curve previews for one-pass high-resolution
+    images."""
 
     section = "accordions"
     create_group = False

@@ -1,4 +1,5 @@
-"""Adapter tests against a stand-in of the WebUI modules (tests/fake_webui); the real WebUI is tests/webui's job."""
+"""Adapter tests against a stand-in of the WebUI modules (tests/fake_webui); the real WebUI is tests/webui's
+job."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Inner:
 def web():
     h = fake_webui.install()
     import lib_chroma.webui.a1111 as a1111
+
     importlib.reload(a1111)
     a1111.register_callbacks()
     h.a1111 = a1111
@@ -51,9 +53,21 @@ def web():
 
 def make_p(h, **kw):
     p = types.SimpleNamespace(
-        sampler_name="Euler", scheduler="Automatic", steps=8, width=1024, height=1024, sd_model=h.shared.sd_model,
-        extra_generation_params={}, prompts=["a cat"], hr_prompts=["a cat"], all_prompts=["a cat"],
-        is_hr_pass=False, enable_hr=False, sampler=None, iteration=0, denoising_strength=0.5,
+        sampler_name="Euler",
+        scheduler="Automatic",
+        steps=8,
+        width=1024,
+        height=1024,
+        sd_model=h.shared.sd_model,
+        extra_generation_params={},
+        prompts=["a cat"],
+        hr_prompts=["a cat"],
+        all_prompts=["a cat"],
+        is_hr_pass=False,
+        enable_hr=False,
+        sampler=None,
+        iteration=0,
+        denoising_strength=0.5,
     )
     for k, v in kw.items():
         setattr(p, k, v)
@@ -65,14 +79,31 @@ def conds(n, b, tokens=(77, 77), dim=8, sdxl=False, seed=0):
     c = torch.randn(n, tokens[0], dim, generator=g)
     u = torch.randn(b, tokens[1], dim, generator=g)
     if sdxl:
-        return ({"crossattn": c, "vector": torch.randn(n, 2816, generator=g)},
-                {"crossattn": u, "vector": torch.randn(b, 2816, generator=g)})
+        return (
+            {"crossattn": c, "vector": torch.randn(n, 2816, generator=g)},
+            {"crossattn": u, "vector": torch.randn(b, 2816, generator=g)},
+        )
     return c, u
 
 
-def run(h, p, args, inner, *, batch=1, repeats=None, size=(16, 16), denoiser_cls=None, skip_uncond=False,
-        tokens=(77, 77), sdxl=False, image_cond=None, timestep=False):
-    """Drive one generation: process → process_batch → before sampling → Euler (or DDIM-like) loop → postprocess."""
+def run(
+    h,
+    p,
+    args,
+    inner,
+    *,
+    batch=1,
+    repeats=None,
+    size=(16, 16),
+    denoiser_cls=None,
+    skip_uncond=False,
+    tokens=(77, 77),
+    sdxl=False,
+    image_cond=None,
+    timestep=False,
+):
+    """Drive one generation: process → process_batch → before sampling → Euler (or DDIM-like) loop →
+    postprocess."""
     a = h.a1111
     repeats = repeats or [1] * batch
     c, u = conds(sum(repeats), batch, tokens, sdxl=sdxl)
@@ -84,12 +115,13 @@ def run(h, p, args, inner, *, batch=1, repeats=None, size=(16, 16), denoiser_cls
     ic = image_cond if image_cond is not None else torch.zeros(batch, 5, 1, 1)
     if timestep:
         sched = model_schedule("sd1")
-        den = fake_webui.FakeCFGDenoiserTimesteps(inner, p, repeats, c, u, skip_uncond=skip_uncond,
-                                                  alphas=h.shared.sd_model.alphas_cumprod)
+        den = fake_webui.FakeCFGDenoiserTimesteps(
+            inner, p, repeats, c, u, skip_uncond=skip_uncond, alphas=h.shared.sd_model.alphas_cumprod
+        )
         for t in (901.0, 601.0, 301.0, 1.0):
             e = den.forward(x, torch.full((batch,), t), ic)
             ab = float(sched.alphas_cumprod[int(t)])
-            x = (x - (1 - ab) ** 0.5 * e) / ab ** 0.5 * 0.9 + 0.1 * e
+            x = (x - (1 - ab) ** 0.5 * e) / ab**0.5 * 0.9 + 0.1 * e
     else:
         sig = sampler_sigmas(p.sampler_name, p.scheduler, p.steps, model_schedule("sd1"))
         den = (denoiser_cls or fake_webui.FakeCFGDenoiser)(inner, p, repeats, c, u, skip_uncond=skip_uncond)
@@ -128,13 +160,19 @@ def test_no_args_and_disabled_dict_do_nothing(web):
 def test_one_batched_low_res_call_per_guided_step(web):
     inner = Inner()
     p = make_p(web)
-    run(web, p, [{"window": "fraction", "window_start": 0.0, "window_end": 0.5, "operator": "nearest"}], inner,
-        batch=2, size=(128, 128))
+    run(
+        web,
+        p,
+        [{"window": "fraction", "window_start": 0.0, "window_end": 0.5, "operator": "nearest"}],
+        inner,
+        batch=2,
+        size=(128, 128),
+    )
     sizes = inner.sizes()
     full = [s for s in sizes if s[-1] == 128]
     low = [s for s in sizes if s[-1] == 64]
-    assert len(full) == 8 and len(low) == 4          # 8 steps, guided during the first half only
-    assert all(s[0] == 4 for s in low)                # cond and uncond rows of both images in one call
+    assert len(full) == 8 and len(low) == 4  # 8 steps, guided during the first half only
+    assert all(s[0] == 4 for s in low)  # cond and uncond rows of both images in one call
     assert sizes[:2] == [(4, 4, 128, 128), (4, 4, 64, 64)]
     assert p.extra_generation_params["RC guided steps"] == "0-3/8"
     assert p.extra_generation_params["RC scale"] == "1"
@@ -154,6 +192,7 @@ def test_guided_output_matches_the_core(web):
 
     def spy(params):
         captured["x_out"] = params.x.clone()
+
     web.script_callbacks.callback_map["cfg_denoised"].insert(0, ("spy", spy))
     sigma = torch.tensor([3.0, 3.0])
     den.forward(x, sigma, torch.zeros(2, 5, 1, 1))
@@ -161,11 +200,18 @@ def test_guided_output_matches_the_core(web):
     s_in = torch.full((5,), 3.0)
     plan = GuidancePlan.build((2, 2), scale=0.7, shape="constant")
     cond_all = torch.cat([c, u])
-    expected = guide_x0(x_in, s_in, captured["x_out"],
-                        lambda xl, sl: inner(xl, sl, {"c_crossattn": [cond_all], "c_concat": [None]}), plan)
+    expected = guide_x0(
+        x_in,
+        s_in,
+        captured["x_out"],
+        lambda xl, sl: inner(xl, sl, {"c_crossattn": [cond_all], "c_concat": [None]}),
+        plan,
+    )
     # the extension ran after the spy: recompute what it wrote by running the same step again
     got = {}
-    web.script_callbacks.callback_map["cfg_denoised"].append(("after", lambda prm: got.setdefault("x", prm.x.clone())))
+    web.script_callbacks.callback_map["cfg_denoised"].append(
+        ("after", lambda prm: got.setdefault("x", prm.x.clone()))
+    )
     den.forward(x, sigma, torch.zeros(2, 5, 1, 1))
     torch.testing.assert_close(got["x"], expected)
 
@@ -175,7 +221,7 @@ def test_and_prompts_batch_and_skipped_uncond(web):
     p = make_p(web)
     run(web, p, [{"shape": "constant"}], inner, batch=2, repeats=[2, 1], size=(128, 128), skip_uncond=True)
     low = [s for s in inner.sizes() if s[-1] == 64]
-    assert low and all(s[0] == 3 for s in low)        # only the 3 evaluated cond rows
+    assert low and all(s[0] == 3 for s in low)  # only the 3 evaluated cond rows
 
 
 def test_fake_uncond_rows_follow_the_guided_cond(web):
@@ -187,7 +233,9 @@ def test_fake_uncond_rows_follow_the_guided_cond(web):
     c, u = conds(2, 2)
     got = {}
     den = fake_webui.FakeCFGDenoiser(Inner(), p, [1, 1], c, u, skip_uncond=True)
-    web.script_callbacks.callback_map["cfg_denoised"].append(("after", lambda prm: got.setdefault("x", prm.x.clone())))
+    web.script_callbacks.callback_map["cfg_denoised"].append(
+        ("after", lambda prm: got.setdefault("x", prm.x.clone()))
+    )
     den.forward(x, torch.tensor([2.0, 2.0]), torch.zeros(2, 5, 1, 1))
     assert torch.equal(got["x"][2], got["x"][0]) and torch.equal(got["x"][3], got["x"][1])
 
@@ -201,14 +249,18 @@ def test_token_length_mismatch_makes_separate_calls(web):
 
 def test_nested_factor_four_calls_each_level(web):
     inner = Inner()
-    run(web, make_p(web, steps=4), [{"shape": "constant", "factor_h": 4, "factor_w": 4}], inner, size=(64, 64))
+    run(
+        web, make_p(web, steps=4), [{"shape": "constant", "factor_h": 4, "factor_w": 4}], inner, size=(64, 64)
+    )
     widths = [s[-1] for s in inner.sizes()]
     assert widths == [64, 32, 16] * 4
 
 
 def test_odd_sizes_and_unequal_factors(web):
     inner = Inner()
-    run(web, make_p(web, steps=3), [{"shape": "constant", "factor_h": 3, "factor_w": 2}], inner, size=(25, 17))
+    run(
+        web, make_p(web, steps=3), [{"shape": "constant", "factor_h": 3, "factor_w": 2}], inner, size=(25, 17)
+    )
     assert (2, 4, 9, 9) in inner.sizes()
 
 
@@ -219,19 +271,34 @@ def test_sdxl_dict_conds_and_low_res_size_vector(web):
 
         def __call__(self, t):
             return t.repeat_interleave(256, dim=1) / 1000.0
+
     web.shared.sd_model.is_sdxl = True
-    web.shared.sd_model.conditioner = types.SimpleNamespace(embedders=[
-        types.SimpleNamespace(input_key="txt"), types.SimpleNamespace(input_key="txt"),
-        Emb("original_size_as_tuple"), Emb("crop_coords_top_left"), Emb("target_size_as_tuple")])
+    web.shared.sd_model.conditioner = types.SimpleNamespace(
+        embedders=[
+            types.SimpleNamespace(input_key="txt"),
+            types.SimpleNamespace(input_key="txt"),
+            Emb("original_size_as_tuple"),
+            Emb("crop_coords_top_left"),
+            Emb("target_size_as_tuple"),
+        ]
+    )
     inner = Inner()
-    run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2}], inner, size=(32, 24),
-        sdxl=True)
+    run(
+        web,
+        make_p(web, steps=2),
+        [{"shape": "constant", "factor_h": 2, "factor_w": 2}],
+        inner,
+        size=(32, 24),
+        sdxl=True,
+    )
     low = [c for c in inner.calls if c[0][-1] == 12]
     assert low
     vec = low[0][2]["vector"]
     assert vec.shape == (2, 2816)
-    assert torch.allclose(vec[:, 1280:1536], torch.full((2, 256), 16 * 8 / 1000.0))   # height of the low-res call
-    assert torch.allclose(vec[:, 2560:], torch.full((2, 256), 12 * 8 / 1000.0))        # target width
+    assert torch.allclose(
+        vec[:, 1280:1536], torch.full((2, 256), 16 * 8 / 1000.0)
+    )  # height of the low-res call
+    assert torch.allclose(vec[:, 2560:], torch.full((2, 256), 12 * 8 / 1000.0))  # target width
     full = [c for c in inner.calls if c[0][-1] == 24][0][2]["vector"]
     assert torch.equal(vec[:, :1280], full[:, :1280])
 
@@ -240,8 +307,14 @@ def test_sdxl_vector_unchanged_option(web):
     web.shared.opts.rc_sdxl_size_cond = "unchanged"
     web.shared.sd_model.is_sdxl = True
     inner = Inner()
-    run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2}], inner, size=(32, 32),
-        sdxl=True)
+    run(
+        web,
+        make_p(web, steps=2),
+        [{"shape": "constant", "factor_h": 2, "factor_w": 2}],
+        inner,
+        size=(32, 32),
+        sdxl=True,
+    )
     low = [c for c in inner.calls if c[0][-1] == 16][0][2]["vector"]
     full = [c for c in inner.calls if c[0][-1] == 32][0][2]["vector"]
     assert torch.equal(low, full)
@@ -249,12 +322,20 @@ def test_sdxl_vector_unchanged_option(web):
 
 def test_inpainting_image_cond_is_pooled_dummy_is_not(web):
     inner = Inner()
-    run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2}], inner, size=(16, 16),
-        image_cond=torch.randn(1, 5, 16, 16))
+    run(
+        web,
+        make_p(web, steps=2),
+        [{"shape": "constant", "factor_h": 2, "factor_w": 2}],
+        inner,
+        size=(16, 16),
+        image_cond=torch.randn(1, 5, 16, 16),
+    )
     low = [c for c in inner.calls if c[0][-1] == 8]
     assert low[0][2]["c_concat"][0].shape == (2, 5, 8, 8)
     inner = Inner()
-    run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2}], inner, size=(16, 16))
+    run(
+        web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2}], inner, size=(16, 16)
+    )
     low = [c for c in inner.calls if c[0][-1] == 8]
     assert low[0][2]["c_concat"][0].shape == (2, 5, 1, 1)
 
@@ -269,16 +350,26 @@ def test_timestep_sampler_uses_eps_form(web):
     inner = Inner(eps=True)
     den = fake_webui.FakeCFGDenoiserTimesteps(inner, p, [1], c, u, alphas=web.shared.sd_model.alphas_cumprod)
     cap, got = {}, {}
-    web.script_callbacks.callback_map["cfg_denoised"].insert(0, ("spy", lambda prm: cap.setdefault("x", prm.x.clone())))
-    web.script_callbacks.callback_map["cfg_denoised"].append(("after", lambda prm: got.setdefault("x", prm.x.clone())))
+    web.script_callbacks.callback_map["cfg_denoised"].insert(
+        0, ("spy", lambda prm: cap.setdefault("x", prm.x.clone()))
+    )
+    web.script_callbacks.callback_map["cfg_denoised"].append(
+        ("after", lambda prm: got.setdefault("x", prm.x.clone()))
+    )
     t = torch.tensor([501.0])
     den.forward(x, t, torch.zeros(1, 5, 1, 1))
     sched = DiscreteSchedule(web.shared.sd_model.alphas_cumprod)
     plan = GuidancePlan.build((2, 2), shape="constant")
     ca = torch.cat([c, u])
     n_calls = len(inner.calls)
-    expected = guide_eps(torch.cat([x, x]), torch.cat([t, t]), cap["x"],
-                         lambda xl, tl: inner(xl, tl, {"c_crossattn": [ca], "c_concat": [None]}), plan, sched)
+    expected = guide_eps(
+        torch.cat([x, x]),
+        torch.cat([t, t]),
+        cap["x"],
+        lambda xl, tl: inner(xl, tl, {"c_crossattn": [ca], "c_concat": [None]}),
+        plan,
+        sched,
+    )
     assert len(inner.calls) == n_calls + 1
     torch.testing.assert_close(got["x"], expected)
 
@@ -288,10 +379,10 @@ def test_failure_finishes_unguided_with_one_warning(web, capsys):
     p = make_p(web)
     run(web, p, [{"shape": "constant"}], inner, size=(128, 128))
     low = [s for s in inner.sizes() if s[-1] == 64]
-    assert len(low) == 1                              # tried once, then unguided
+    assert len(low) == 1  # tried once, then unguided
     assert "low-resolution call failed" in p.extra_generation_params["RC error"]
     assert capsys.readouterr().out.count("Resolution Chromatography:") == 1
-    assert not web.script_callbacks.errors           # never raised into the sampler
+    assert not web.script_callbacks.errors  # never raised into the sampler
 
 
 def test_invalid_settings_warn_and_run_unguided(web):
@@ -306,7 +397,7 @@ def test_state_does_not_leak_to_another_processing(web):
     a = web.a1111
     p1 = make_p(web)
     a.on_process(p1, ({"shape": "constant"},))
-    a.on_before_sampling(p1, torch.zeros(1, 4, 128, 128))   # p1 then raises: no postprocess
+    a.on_before_sampling(p1, torch.zeros(1, 4, 128, 128))  # p1 then raises: no postprocess
     inner = Inner()
     p2 = make_p(web)
     c, u = conds(1, 1)
@@ -342,8 +433,12 @@ def test_xyz_overrides_imply_enabled(web):
 
 
 def test_prompt_switch_rewrites_sampler_prompts_only(web):
-    p = make_p(web, prompts=["castle >> stonework"], hr_prompts=["castle >> stonework"],
-               all_prompts=["castle >> stonework"])
+    p = make_p(
+        web,
+        prompts=["castle >> stonework"],
+        hr_prompts=["castle >> stonework"],
+        all_prompts=["castle >> stonework"],
+    )
     web.a1111.on_process(p, ({"prompt_mode": "marker", "switch_level": 4, "switch_q": 0.5},))
     web.a1111.on_process_batch(p)
     assert p.prompts[0].startswith("[castle:castle stonework:0.")
@@ -355,7 +450,9 @@ def test_prompt_switch_rewrites_sampler_prompts_only(web):
 
 def test_prompt_fields_mode(web):
     p = make_p(web)
-    web.a1111.on_process(p, ({"prompt_mode": "fields", "layout_prompt": "a [big] house: tall", "detail_prompt": ""},))
+    web.a1111.on_process(
+        p, ({"prompt_mode": "fields", "layout_prompt": "a [big] house: tall", "detail_prompt": ""},)
+    )
     web.a1111.on_process_batch(p)
     assert p.prompts[0].startswith("[a [big] house\\: tall:a cat:")
 

@@ -65,6 +65,12 @@ def test_xyz_axes_set_p_attributes():
     specs["[RC] Factor"](p, 3, [])
     specs["[RC] Window"](p, "fraction 0 to 0.5", [])
     specs["[RC] Enabled"](p, "False", [])
-    assert (p.rc_factor_h, p.rc_factor_w, p.rc_window, p.rc_window_end, p.rc_enabled) == (3, 3, "fraction", 0.5, False)
+    assert (p.rc_factor_h, p.rc_factor_w, p.rc_window, p.rc_window_end, p.rc_enabled) == (
+        3,
+        3,
+        "fraction",
+        0.5,
+        False,
+    )
     with pytest.raises(ValueError, match="scale"):
         specs["[RC] Scale"](p, 7.0, [])

@@ -48,8 +48,12 @@ def test_suggested_strength_in_range():
 
 
 def test_svg_without_window():
-    rep = {"sigmas": [1.0, 0.0], "levels": {"1": {"ratio": [0.5, 1.0], "per_step": [0.5], "peak_step": 0}},
-           "guidance_window": None, "switch": {"step": 0}}
+    rep = {
+        "sigmas": [1.0, 0.0],
+        "levels": {"1": {"ratio": [0.5, 1.0], "per_step": [0.5], "peak_step": 0}},
+        "guidance_window": None,
+        "switch": {"step": 0},
+    }
     assert 'data-window=""' in curves_svg(rep)
 
 

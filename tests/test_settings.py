@@ -11,15 +11,35 @@ from hypothesis import strategies as st
 from lib_chroma import settings as S
 
 #: The positional order shipped so far: fields may only be appended after these.
-SHIPPED = ("enabled", "preset", "scale", "factor_h", "factor_w", "window", "window_sigma_hi", "window_sigma_lo",
-           "window_start", "window_end", "shape", "q_end", "operator", "nested", "passes", "prompt_mode",
-           "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q")
+SHIPPED = (
+    "enabled",
+    "preset",
+    "scale",
+    "factor_h",
+    "factor_w",
+    "window",
+    "window_sigma_hi",
+    "window_sigma_lo",
+    "window_start",
+    "window_end",
+    "shape",
+    "q_end",
+    "operator",
+    "nested",
+    "passes",
+    "prompt_mode",
+    "layout_prompt",
+    "detail_prompt",
+    "marker",
+    "switch_level",
+    "switch_q",
+)
 
 KEY_RE = re.compile(r"^\w[\w \-/]+$")
 
 
 def test_positional_order_is_append_only():
-    assert S.FIELD_NAMES[:len(SHIPPED)] == SHIPPED
+    assert S.FIELD_NAMES[: len(SHIPPED)] == SHIPPED
 
 
 def test_dataclass_and_table_agree():
@@ -35,10 +55,23 @@ def test_infotext_keys_follow_a1111_pattern():
         assert KEY_RE.match(k), k
 
 
-@pytest.mark.parametrize("name,value", [("scale", 3.5), ("scale", -0.1), ("factor_h", 9), ("factor_w", 1.5),
-                                        ("q_end", 0.5), ("switch_level", 0), ("window", "steps"),
-                                        ("passes", "second"), ("enabled", "maybe"), ("scale", "abc"),
-                                        ("scale", float("nan")), ("scale", True)])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("scale", 3.5),
+        ("scale", -0.1),
+        ("factor_h", 9),
+        ("factor_w", 1.5),
+        ("q_end", 0.5),
+        ("switch_level", 0),
+        ("window", "steps"),
+        ("passes", "second"),
+        ("enabled", "maybe"),
+        ("scale", "abc"),
+        ("scale", float("nan")),
+        ("scale", True),
+    ],
+)
 def test_out_of_range_names_the_field(name, value):
     with pytest.raises(ValueError, match=rf"^{name}: "):
         S.from_dict({name: value})
@@ -65,7 +98,7 @@ def test_positional_and_dict_forms():
     assert S.from_args([True, None, None, 2]).factor_h == 2
     with pytest.raises(ValueError, match="args"):
         S.from_args([False] * (len(S.FIELDS) + 1))
-    d = S.from_args([{"scale": 0.5}, "Auto", 1.0, 0, 0])      # the API fills the other positions with defaults
+    d = S.from_args([{"scale": 0.5}, "Auto", 1.0, 0, 0])  # the API fills the other positions with defaults
     assert d.enabled and d.scale == 0.5
     assert not S.from_args([{"enabled": False}]).enabled
     assert S.from_dict({"factor_h": "3", "nested": "false"}).factor_h == 3
@@ -91,26 +124,32 @@ def test_infotext_values_survive_a1111_quoting():
 def test_paste_values():
     it = {k: str(v) for k, v in S.RCSettings(enabled=True, scale=0.25).to_infotext().items()}
     assert S.infotext_value("scale", it) == 0.25
-    assert S.infotext_value("switch_level", it) == 4          # absent key: the default
+    assert S.infotext_value("switch_level", it) == 4  # absent key: the default
     assert S.infotext_value("scale", {"Steps": "20"}) is None  # not a guided image: leave the control alone
     assert S.infotext_value("scale", {"RC scale": "nonsense"}) is None
 
 
 _values = {
     "scale": st.floats(0, 3, allow_nan=False).map(lambda v: round(v, 3)),
-    "factor_h": st.integers(0, 8), "factor_w": st.integers(0, 8),
+    "factor_h": st.integers(0, 8),
+    "factor_w": st.integers(0, 8),
     "window": st.sampled_from(S.WINDOW_CHOICES),
     "window_sigma_hi": st.floats(500, 1000).map(lambda v: round(v, 2)),
     "window_sigma_lo": st.floats(0, 499).map(lambda v: round(v, 4)),
     "window_start": st.floats(0, 0.5).map(lambda v: round(v, 3)),
     "window_end": st.floats(0.5, 1).map(lambda v: round(v, 3)),
-    "shape": st.sampled_from(S.SHAPE_CHOICES), "q_end": st.floats(0.55, 0.99).map(lambda v: round(v, 3)),
-    "operator": st.sampled_from(S.OPERATOR_CHOICES), "nested": st.booleans(),
-    "passes": st.sampled_from(S.PASS_CHOICES), "preset": st.sampled_from(S.PRESET_CHOICES),
+    "shape": st.sampled_from(S.SHAPE_CHOICES),
+    "q_end": st.floats(0.55, 0.99).map(lambda v: round(v, 3)),
+    "operator": st.sampled_from(S.OPERATOR_CHOICES),
+    "nested": st.booleans(),
+    "passes": st.sampled_from(S.PASS_CHOICES),
+    "preset": st.sampled_from(S.PRESET_CHOICES),
     "prompt_mode": st.sampled_from(S.PROMPT_MODE_CHOICES),
-    "layout_prompt": st.text(max_size=30), "detail_prompt": st.text(max_size=30),
+    "layout_prompt": st.text(max_size=30),
+    "detail_prompt": st.text(max_size=30),
     "marker": st.text(min_size=1, max_size=5).filter(lambda t: t.strip() == t and t.strip() != ""),
-    "switch_level": st.integers(1, 64), "switch_q": st.floats(0.05, 0.95).map(lambda v: round(v, 3)),
+    "switch_level": st.integers(1, 64),
+    "switch_q": st.floats(0.05, 0.95).map(lambda v: round(v, 3)),
 }
 
 

@@ -4,16 +4,17 @@ Life cycle (all state lives in one :class:`Generation`, replaced in every ``proc
 ``postprocess()``; a generation that raised is discarded by the next ``process()``, and callbacks only act for
 the processing object that owns the state):
 
-- ``process``: parse and validate the settings (positional list or a dict), resolve the model family, write the
-  infotext keys. Disabled: the state is cleared and nothing else happens.
-- ``process_batch``: time-dependent prompts rewrite ``p.prompts`` / ``p.hr_prompts`` into ``[layout:detail:f]``.
-- ``process_before_every_sampling`` (first pass and hires pass): build the pass's :class:`GuidancePlan` from the
-  latent size, or none when the pass is not guided.
+- ``process``: parse and validate the settings (positional list or a dict), resolve the model family,
+  write the infotext keys. Disabled: the state is cleared and nothing else happens.
+- ``process_batch``: time-dependent prompts rewrite ``p.prompts`` / ``p.hr_prompts`` into
+  ``[layout:detail:f]``.
+- ``process_before_every_sampling`` (first pass and hires pass): build the pass's :class:`GuidancePlan`
+  from the latent size, or none when the pass is not guided.
 - ``on_cfg_denoiser``: remember the callback's params object (its fields are what the WebUI reads back).
-- ``on_cfg_denoised``: if the pass's plan is active at this sigma, pool ``x_in``, call the inner model once per
-  level on the same rows and conds at ``sigma/m`` and correct ``x_out`` in place (x0 form for k-diffusion,
-  eps form through ``guide_eps`` for DDIM/PLMS/UniPC). Any failure: one warning, the rest of the generation
-  runs unguided, and the reason goes into the infotext (``RC error``).
+- ``on_cfg_denoised``: if the pass's plan is active at this sigma, pool ``x_in``, call the inner model
+  once per level on the same rows and conds at ``sigma/m`` and correct ``x_out`` in place (x0 form for
+  k-diffusion, eps form through ``guide_eps`` for DDIM/PLMS/UniPC). Any failure: one warning, the rest of
+  the generation runs unguided, and the reason goes into the infotext (``RC error``).
 - ``postprocess``: attach the debug record (when enabled) and clear the state.
 """
 
@@ -60,9 +61,10 @@ def _opt(name: str, default: Any) -> Any:
         return default
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # State
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class PassPlan:
@@ -107,12 +109,14 @@ def reset() -> None:
     _STATE = None
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Model facts
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 def model_family(sd_model: Any) -> str:
-    """``sd1``, ``sd2``, ``sd2-v`` or ``sdxl`` from A1111's model flags (SSD-1B and the refiner count as SDXL)."""
+    """``sd1``, ``sd2``, ``sd2-v`` or ``sdxl`` from A1111's model flags (SSD-1B and the refiner count as
+    SDXL)."""
     if getattr(sd_model, "is_sdxl", False) or getattr(sd_model, "is_ssd", False):
         return "sdxl"
     if getattr(sd_model, "is_sd2", False):
@@ -130,6 +134,7 @@ def model_schedule_of(sd_model: Any, family: str) -> DiscreteSchedule:
         except ValueError:
             pass
     from lib_chroma.schedule import model_schedule
+
     return model_schedule(family)
 
 
@@ -141,9 +146,10 @@ def _is_timestep_denoiser(denoiser: Any) -> bool:
     return isinstance(denoiser, CFGDenoiserTimesteps)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Script hooks
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 def _overrides(p: Any) -> dict[str, Any]:
     """X/Y/Z axis values stored on ``p`` as ``rc_<field>`` attributes."""
@@ -164,7 +170,8 @@ def _drop_keys(p: Any) -> None:
 
 
 def on_process(p: Any, args: tuple) -> None:
-    """``Script.process``: start a generation when enabled, else make sure nothing is left from the last one."""
+    """``Script.process``: start a generation when enabled, else make sure nothing is left from the last
+    one."""
     reset()
     overrides = _overrides(p)
     if overrides and "enabled" not in overrides:
@@ -188,8 +195,9 @@ def on_process(p: Any, args: tuple) -> None:
         return
     global _STATE
     debug = bool(_opt(OPT_DEBUG, False) or os.environ.get(DEBUG_LOG_ENV))
-    _STATE = Generation(p=p, settings=s, family=family, debug={"passes": [], "calls": [], "prompts": []} if debug
-                        else None)
+    _STATE = Generation(
+        p=p, settings=s, family=family, debug={"passes": [], "calls": [], "prompts": []} if debug else None
+    )
     _drop_keys(p)
     p.extra_generation_params.update(s.to_infotext())
 
@@ -215,16 +223,18 @@ def _pass_sigmas(p: Any, hires: bool, st: Generation) -> list[float]:
     """The sigma sequence (VE) this pass samples with; the WebUI's own for k-diffusion samplers."""
     sampler = getattr(p, "sampler", None)
     name = (getattr(p, "hr_sampler_name", None) if hires else None) or p.sampler_name
-    scheduler = ((getattr(p, "hr_scheduler", None) if hires else None) or getattr(p, "scheduler", None)
-                 or "Automatic")
+    scheduler = (
+        (getattr(p, "hr_scheduler", None) if hires else None) or getattr(p, "scheduler", None) or "Automatic"
+    )
     info, _ = sampler_info(name)
     img2img = hires or getattr(p, "init_latent", None) is not None and not hasattr(p, "enable_hr")
     steps = (getattr(p, "hr_second_pass_steps", 0) or p.steps) if hires else p.steps
     if info.kind == "k" and sampler is not None and hasattr(sampler, "get_sigmas"):
         if img2img:
             from modules import sd_samplers_common
+
             total, t_enc = sd_samplers_common.setup_img2img_steps(p, steps if hires else None)
-            sig = sampler.get_sigmas(p, total)[total - t_enc - 1:]
+            sig = sampler.get_sigmas(p, total)[total - t_enc - 1 :]
         else:
             sig = sampler.get_sigmas(p, steps)
         return [float(v) for v in sig]
@@ -232,7 +242,9 @@ def _pass_sigmas(p: Any, hires: bool, st: Generation) -> list[float]:
     ays = MODEL_FAMILIES[st.family]["ays"]
     if img2img:
         fixed = True if hires else bool(_opt("img2img_fix_steps", False))
-        sig = img2img_sigmas(name, scheduler, steps, p.denoising_strength, sched, fixed_steps=fixed, ays_table=ays)
+        sig = img2img_sigmas(
+            name, scheduler, steps, p.denoising_strength, sched, fixed_steps=fixed, ays_table=ays
+        )
     else:
         sig = sampler_sigmas(name, scheduler, steps, sched, ays_table=ays)
     return [float(v) for v in sig]
@@ -258,9 +270,17 @@ def on_before_sampling(p: Any, x: torch.Tensor) -> None:
         sigmas = None
         if s.window == "fraction" or st.debug is not None or not hires:
             sigmas = _pass_sigmas(p, hires, st)
-        plan = GuidancePlan.build(factor, scale=s.scale, window=s.window, window_range=s.window_range(),
-                                  sigmas=sigmas, shape=s.shape, q_end=s.q_end, operator=s.operator,
-                                  nested=s.nested)
+        plan = GuidancePlan.build(
+            factor,
+            scale=s.scale,
+            window=s.window,
+            window_range=s.window_range(),
+            sigmas=sigmas,
+            shape=s.shape,
+            q_end=s.q_end,
+            operator=s.operator,
+            nested=s.nested,
+        )
     except Exception as e:  # noqa: BLE001 - never raise into the sampler
         _fail(st, f"cannot plan guidance ({type(e).__name__}: {e})")
         return
@@ -272,12 +292,17 @@ def on_before_sampling(p: Any, x: torch.Tensor) -> None:
         n = len(sigmas) - 1
         p.extra_generation_params["RC guided steps"] = "none" if win is None else f"{win[0]}-{win[1]}/{n}"
     if st.debug is not None:
-        st.debug["passes"].append({
-            "pass": "hires" if hires else "first", "latent": [lh, lw], "factor": list(factor),
-            "levels": [list(lv) for lv in plan.levels], "sigmas": sigmas,
-            "window": None if win is None else list(win),
-            "weights": None if not sigmas else [plan.weight(0, v) for v in sigmas[:-1]],
-        })
+        st.debug["passes"].append(
+            {
+                "pass": "hires" if hires else "first",
+                "latent": [lh, lw],
+                "factor": list(factor),
+                "levels": [list(lv) for lv in plan.levels],
+                "sigmas": sigmas,
+                "window": None if win is None else list(win),
+                "weights": None if not sigmas else [plan.weight(0, v) for v in sigmas[:-1]],
+            }
+        )
 
 
 def on_process_batch(p: Any) -> None:
@@ -289,8 +314,13 @@ def on_process_batch(p: Any) -> None:
     try:
         sched = model_schedule_of(p.sd_model, st.family)
         info, _ = sampler_info(p.sampler_name)
-        sig = sampler_sigmas(p.sampler_name, getattr(p, "scheduler", None) or "Automatic", p.steps, sched,
-                             ays_table=MODEL_FAMILIES[st.family]["ays"])
+        sig = sampler_sigmas(
+            p.sampler_name,
+            getattr(p, "scheduler", None) or "Automatic",
+            p.steps,
+            sched,
+            ays_table=MODEL_FAMILIES[st.family]["ays"],
+        )
         n = len(sig) - 1
         step = realized_switch(switch_step(sig, s.switch_level, s.switch_q), n)
         mult = 2 if info.second_order else 1
@@ -309,8 +339,16 @@ def on_process_batch(p: Any) -> None:
                     hr[i] = render_switch(text, s.detail_prompt, None)
         p.extra_generation_params["RC switch step"] = f"{step}/{n}"
         if st.debug is not None:
-            st.debug["prompts"].append({"batch": getattr(p, "iteration", 0), "switch_step": step, "steps": n,
-                                        "when": when, "prompts": list(prompts), "hr_prompts": list(hr or [])})
+            st.debug["prompts"].append(
+                {
+                    "batch": getattr(p, "iteration", 0),
+                    "switch_step": step,
+                    "steps": n,
+                    "when": when,
+                    "prompts": list(prompts),
+                    "hr_prompts": list(hr or []),
+                }
+            )
     except Exception as e:  # noqa: BLE001
         _warn(p, f"time-dependent prompts not applied ({type(e).__name__}: {e})")
 
@@ -331,9 +369,15 @@ def on_postprocess(p: Any) -> None:
     """``Script.postprocess``: publish the debug record and clear the state."""
     st = _STATE
     if st is not None and st.p is p and st.debug is not None:
-        rec = {**st.debug, "settings": st.settings.to_dict(), "family": st.family, "failed": st.failed,
-               "model_calls": st.model_calls, "low_calls": st.low_calls,
-               "low_seconds": round(st.low_seconds, 6)}
+        rec = {
+            **st.debug,
+            "settings": st.settings.to_dict(),
+            "family": st.family,
+            "failed": st.failed,
+            "model_calls": st.model_calls,
+            "low_calls": st.low_calls,
+            "low_seconds": round(st.low_seconds, 6),
+        }
         text = json.dumps(rec, default=float)
         p.extra_generation_params["RC debug"] = text
         path = os.environ.get(DEBUG_LOG_ENV)
@@ -346,9 +390,10 @@ def on_postprocess(p: Any) -> None:
     reset()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # CFG callbacks (registered once, by the script file, at import)
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
 
 def on_cfg_denoiser(params: Any) -> None:
     """Remember the params object: its x/sigma/conds/image_cond are what the model is called with."""
@@ -368,8 +413,9 @@ def on_cfg_denoiser(params: Any) -> None:
         key = hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
         st.debug.setdefault("cond_changes", [])
         if st.last_cond_key is not None and key != st.last_cond_key:
-            st.debug["cond_changes"].append({"pass": "hires" if st.current.hires else "first",
-                                             "call": int(getattr(den, "step", -1))})
+            st.debug["cond_changes"].append(
+                {"pass": "hires" if st.current.hires else "first", "call": int(getattr(den, "step", -1))}
+            )
         st.last_cond_key = key
 
 
@@ -407,15 +453,24 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         ac = getattr(den, "alphas", None)
         if ac is None:
             ac = shared.sd_model.alphas_cumprod
-        pp.schedule = DiscreteSchedule(torch.as_tensor(ac).detach().double().cpu(),
-                                       getattr(shared.sd_model, "parameterization", "eps") == "v")
+        pp.schedule = DiscreteSchedule(
+            torch.as_tensor(ac).detach().double().cpu(),
+            getattr(shared.sd_model, "parameterization", "eps") == "v",
+        )
     sig_rows = sigma_in.detach().double().cpu()
-    full_sigma = pp.schedule.t_to_sigma(sig_rows.clamp(0, pp.schedule.num_timesteps - 1)) if timestep else sig_rows
+    full_sigma = (
+        pp.schedule.t_to_sigma(sig_rows.clamp(0, pp.schedule.num_timesteps - 1)) if timestep else sig_rows
+    )
     weights = [pp.plan.weight(k, float(full_sigma.max())) for k in range(len(pp.plan.levels))]
     record = None
     if st.debug is not None:
-        record = {"pass": "hires" if pp.hires else "first", "call": int(getattr(den, "step", -1)),
-                  "sigma": float(full_sigma[0]), "weights": weights, "low_calls": 0}
+        record = {
+            "pass": "hires" if pp.hires else "first",
+            "call": int(getattr(den, "step", -1)),
+            "sigma": float(full_sigma[0]),
+            "weights": weights,
+            "low_calls": 0,
+        }
         if timestep:
             record["t"] = float(sig_rows[0])
         st.debug["calls"].append(record)
@@ -423,7 +478,9 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         return
     n, b = cond_len(tensor), cond_len(uncond)
     if x_in.shape[0] != n + b or x_out.shape[0] != n + b:  # e.g. InstructPix2Pix with image CFG (3 blocks)
-        raise ValueError(f"unexpected row layout: x_in {x_in.shape[0]}, x_out {x_out.shape[0]}, conds {n}+{b}")
+        raise ValueError(
+            f"unexpected row layout: x_in {x_in.shape[0]}, x_out {x_out.shape[0]}, conds {n}+{b}"
+        )
     repeats = None
     try:
         repeats = [len(c) for c in den.sampler.sampler_extra_args["cond"].batch]
@@ -439,11 +496,23 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     else:
         groups = [(0, n, tensor), (n, n + b, uncond)]
     chunk = None if _opt("batch_cond_uncond", True) else max(b, 1)
-    img = image_cond[:rows] if isinstance(image_cond, torch.Tensor) and image_cond.shape[0] == n + b else image_cond
+    img = (
+        image_cond[:rows]
+        if isinstance(image_cond, torch.Tensor) and image_cond.shape[0] == n + b
+        else image_cond
+    )
     inner = params.inner_model if getattr(params, "inner_model", None) is not None else den.inner_model
     vector_for = _vector_fn() if isinstance(tensor, dict) else None
-    call = LowResCall(inner, groups, img, _make_cond_fn(tensor), pp.plan, (x_in.shape[-2], x_in.shape[-1]),
-                      vector_for=vector_for, chunk=chunk)
+    call = LowResCall(
+        inner,
+        groups,
+        img,
+        _make_cond_fn(tensor),
+        pp.plan,
+        (x_in.shape[-2], x_in.shape[-1]),
+        vector_for=vector_for,
+        chunk=chunk,
+    )
     t0 = time.perf_counter()
     xs, outs = x_in[:rows], x_out[:rows]
     if timestep:
@@ -462,13 +531,18 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
             x_out[n + i] = x_out[j]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # SDXL size conditioning of the low-res call
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 _SIZE_KEYS = ("original_size_as_tuple", "target_size_as_tuple")
 #: Scalars per SDXL micro-conditioning input (sgm's ConcatTimestepEmbedderND embeds each into ``outdim``).
-_ARITY = {"original_size_as_tuple": 2, "crop_coords_top_left": 2, "target_size_as_tuple": 2, "aesthetic_score": 1}
+_ARITY = {
+    "original_size_as_tuple": 2,
+    "crop_coords_top_left": 2,
+    "target_size_as_tuple": 2,
+    "aesthetic_score": 1,
+}
 
 
 def _vector_fn() -> Any:
@@ -527,7 +601,21 @@ def register_callbacks() -> None:
 
 
 __all__ = [
-    "Generation", "PassPlan", "current", "reset", "model_family", "model_schedule_of", "on_process",
-    "on_before_sampling", "on_process_batch", "on_postprocess", "on_cfg_denoiser", "on_cfg_denoised",
-    "register_callbacks", "DEBUG_LOG_ENV", "OPT_DEBUG", "OPT_SDXL_SIZE", "OPT_ENABLE_ON_PASTE",
+    "Generation",
+    "PassPlan",
+    "current",
+    "reset",
+    "model_family",
+    "model_schedule_of",
+    "on_process",
+    "on_before_sampling",
+    "on_process_batch",
+    "on_postprocess",
+    "on_cfg_denoiser",
+    "on_cfg_denoised",
+    "register_callbacks",
+    "DEBUG_LOG_ENV",
+    "OPT_DEBUG",
+    "OPT_SDXL_SIZE",
+    "OPT_ENABLE_ON_PASTE",
 ]

@@ -3,9 +3,9 @@
 A1111 catches every exception raised by a script hook, so a bad value cannot fail a request from inside
 ``process()``. This pure-ASGI middleware reads the JSON body of ``POST /sdapi/v1/txt2img`` and ``/img2img``,
 validates the extension's ``args`` (positional list, or one dict of named fields) with
-:mod:`lib_chroma.settings`, and answers HTTP 422 ``{"error": "ValueError", "detail": "Resolution Chromatography:
-<field>: <allowed>"}`` when they are invalid; otherwise it replays the body unchanged. In-process, invalid settings
-still only produce an unguided image with ``RC error`` in the infotext.
+:mod:`lib_chroma.settings`, and answers HTTP 422 ``{"error": "ValueError", "detail": "Resolution
+Chromatography: <field>: <allowed>"}`` when they are invalid; otherwise it replays the body unchanged.
+In-process, invalid settings still only produce an unguided image with ``RC error`` in the infotext.
 """
 
 from __future__ import annotations
@@ -63,10 +63,19 @@ class ValidateArgsMiddleware:
         except (ValueError, UnicodeDecodeError):
             error = None  # malformed JSON: the API's own validation answers
         if error is not None:
-            payload = json.dumps({"error": "ValueError", "detail": error, "body": "", "errors": error}).encode()
-            await send({"type": "http.response.start", "status": 422,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(payload)).encode())]})
+            payload = json.dumps(
+                {"error": "ValueError", "detail": error, "body": "", "errors": error}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 422,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": payload})
             return
 

@@ -1,16 +1,18 @@
 """The low-resolution model call of one CFG-denoiser evaluation, host-agnostic (torch only).
 
-A1111's ``CFGDenoiser.forward`` evaluates ``x_in`` = N cond rows (images repeated once per ``AND`` part) followed
-by B uncond rows, with text conds ``cond`` (N rows) and ``uncond`` (B rows), image conds ``image_cond`` (N+B rows)
-and per-row sigmas (k-diffusion) or timesteps (DDIM/PLMS/UniPC). :class:`LowResCall` builds the ``denoise_low``
-callable that :func:`lib_chroma.guidance.guide_x0` / :func:`~lib_chroma.guidance.guide_eps` need: the same rows,
-pooled, through the same inner model with the same conds, in one batched call per level, or — when the cond and
-uncond token lengths differ and cannot be concatenated — one call for the cond rows and one for the uncond rows.
+A1111's ``CFGDenoiser.forward`` evaluates ``x_in`` = N cond rows (images repeated once per ``AND`` part)
+followed by B uncond rows, with text conds ``cond`` (N rows) and ``uncond`` (B rows), image conds
+``image_cond`` (N+B rows) and per-row sigmas (k-diffusion) or timesteps (DDIM/PLMS/UniPC). :class:`LowResCall`
+builds the ``denoise_low`` callable that :func:`lib_chroma.guidance.guide_x0` /
+:func:`~lib_chroma.guidance.guide_eps` need: the same rows, pooled, through the same inner model with the same
+conds, in one batched call per level, or — when the cond and uncond token lengths differ and cannot be
+concatenated — one call for the cond rows and one for the uncond rows.
 
-Image conds: a spatial image cond of the latent's size (inpainting models: mask + masked-image latent; edit and
-depth models) is average-pooled level by level exactly like ``x``; anything else (txt2img's ``(B, 5, 1, 1)`` dummy,
-unCLIP's ``c_adm`` vector) is passed unchanged. SDXL dict conds are sliced and concatenated key by key; their
-``vector`` may be rewritten per level by ``vector_for`` (size conditioning, see the adapter).
+Image conds: a spatial image cond of the latent's size (inpainting models: mask + masked-image latent; edit
+and depth models) is average-pooled level by level exactly like ``x``; anything else (txt2img's
+``(B, 5, 1, 1)`` dummy, unCLIP's ``c_adm`` vector) is passed unchanged. SDXL dict conds are sliced and
+concatenated key by key; their ``vector`` may be rewritten per level by ``vector_for`` (size conditioning,
+see the adapter).
 """
 
 from __future__ import annotations
@@ -61,12 +63,19 @@ def cond_len(cond: Cond) -> int:
     return int(t.shape[0])
 
 
-def first_cond_rows(x_in: torch.Tensor, n_cond: int, n_uncond: int, repeats: Sequence[int] | None = None) -> list[int]:
+def first_cond_rows(
+    x_in: torch.Tensor, n_cond: int, n_uncond: int, repeats: Sequence[int] | None = None
+) -> list[int]:
     """Index of each image's first cond row (A1111's ``conds_list[i][0][0]``).
 
     From ``repeats`` (``AND`` parts per image) when given and consistent, else by matching rows: cond rows are
     image i's latent repeated, in image order, and uncond row i is image i's latent."""
-    if repeats is not None and len(repeats) == n_uncond and sum(repeats) == n_cond and all(r >= 1 for r in repeats):
+    if (
+        repeats is not None
+        and len(repeats) == n_uncond
+        and sum(repeats) == n_cond
+        and all(r >= 1 for r in repeats)
+    ):
         out, acc = [], 0
         for r in repeats:
             out.append(acc)
@@ -96,7 +105,8 @@ class LowResCall:
 
     ``inner(x, sigma, cond=dict)`` is the sampler's inner model (x0 for k-diffusion, eps for timestep
     samplers). ``groups`` are ``(start, stop, text_cond)`` row ranges evaluated with one call each (one group
-    when cond and uncond concatenate). ``make_cond(text, image)`` builds the conditioning dict as the host does.
+    when cond and uncond concatenate). ``make_cond(text, image)`` builds the conditioning dict as the host
+    does.
     ``chunk``: at most this many rows per call (the host's "batch cond/uncond" off), None = no limit.
     ``plan`` gives the levels, so the spatial image cond can be pooled level by level.
     """
@@ -124,7 +134,8 @@ class LowResCall:
         self.shapes: list[tuple[int, ...]] = []
         self._image_by_size: dict[tuple[int, int], Any] = {}
         spatial = (
-            isinstance(image_cond, torch.Tensor) and image_cond.dim() == 4
+            isinstance(image_cond, torch.Tensor)
+            and image_cond.dim() == 4
             and tuple(image_cond.shape[-2:]) == tuple(full_size)
         )
         self._spatial = spatial
@@ -158,7 +169,11 @@ class LowResCall:
             step = (stop - start) if not self.chunk else self.chunk
             for a in range(start, stop, step):
                 b = min(a + step, stop)
-                img = image[a:b] if isinstance(image, torch.Tensor) and image.shape[0] == x_low.shape[0] else image
+                img = (
+                    image[a:b]
+                    if isinstance(image, torch.Tensor) and image.shape[0] == x_low.shape[0]
+                    else image
+                )
                 c = cond_rows(text, a - start, b - start)
                 self.calls += 1
                 self.shapes.append(tuple(x_low[a:b].shape))

@@ -1,7 +1,8 @@
 """What the accordion shows besides its inputs: the header readout, the curve SVG and the switch/hires info.
 
-Gradio-free and WebUI-free (the model family is passed in), so it is unit-tested and timed directly; one update
-is a :func:`lib_chroma.curves.curves_report` plus :func:`lib_chroma.webui.svgplot.curves_svg` (a few ms).
+Gradio-free and WebUI-free (the model family is passed in), so it is unit-tested and timed directly; one
+update is a :func:`lib_chroma.curves.curves_report` plus :func:`lib_chroma.webui.svgplot.curves_svg` (a few
+ms).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from lib_chroma.schedule import MODEL_FAMILIES, model_schedule
 from lib_chroma.webui.svgplot import curves_svg
 
 
-def preview(values: dict[str, Any], sampler: str, scheduler: str, steps: float, width: float, height: float,
-            *, family: str = "sd1") -> tuple[str, str, str]:
+def preview(
+    values: dict[str, Any],
+    sampler: str,
+    scheduler: str,
+    steps: float,
+    width: float,
+    height: float,
+    *,
+    family: str = "sd1",
+) -> tuple[str, str, str]:
     """(header readout, curve SVG, switch info) for the current controls.
 
     Readout: ``{W/m_w}×{H/m_h} → {W}×{H} (×m_w, ×m_h) · guided steps a–b of N`` (1-based, inclusive), prefixed
@@ -28,26 +37,53 @@ def preview(values: dict[str, Any], sampler: str, scheduler: str, steps: float, 
         w, h, n = int(width), int(height), int(steps)
         fh = s.factor_h or auto_factor(h, native)
         fw = s.factor_w or auto_factor(w, native)
-        rep = curves_report(family, sampler or "Euler", scheduler or "Automatic", n, w, h, factor=(fh, fw),
-                            scale=s.scale, window=s.window, window_range=s.window_range(), shape=s.shape,
-                            q_end=s.q_end, nested=s.nested, switch_level=s.switch_level, switch_q=s.switch_q)
+        rep = curves_report(
+            family,
+            sampler or "Euler",
+            scheduler or "Automatic",
+            n,
+            w,
+            h,
+            factor=(fh, fw),
+            scale=s.scale,
+            window=s.window,
+            window_range=s.window_range(),
+            shape=s.shape,
+            q_end=s.q_end,
+            nested=s.nested,
+            switch_level=s.switch_level,
+            switch_q=s.switch_q,
+        )
     except (ValueError, KeyError) as e:
         return f"⚠ {e}", "", f"⚠ {e}"
     win = rep["guidance_window"]
     lo_w, lo_h = -(-w // fw), -(-h // fh)
-    guided = "no guided steps" if win is None or (fh, fw) == (1, 1) else (
-        f"guided steps {win['first_step'] + 1}–{win['last_step'] + 1} of {n}")
+    guided = (
+        "no guided steps"
+        if win is None or (fh, fw) == (1, 1)
+        else (f"guided steps {win['first_step'] + 1}–{win['last_step'] + 1} of {n}")
+    )
     readout = f"{lo_w}×{lo_h} → {w}×{h} (×{fw}, ×{fh}) · {guided}"
     if not s.enabled:
         readout = "off · " + readout
     sw = rep["switch"]
-    info = f"Prompt switch: step {sw['step']} of {n}" + (f" (when `{sw['fraction']}`)" if sw["fraction"] else "")
+    info = f"Prompt switch: step {sw['step']} of {n}" + (
+        f" (when `{sw['fraction']}`)" if sw["fraction"] else ""
+    )
     return readout, curves_svg(rep), info
 
 
-def suggested_strength(sampler: str, scheduler: str, steps: float, upscale: float, *, family: str = "sd1",
-                       keep: float = 0.9) -> float:
+def suggested_strength(
+    sampler: str, scheduler: str, steps: float, upscale: float, *, family: str = "sd1", keep: float = 0.9
+) -> float:
     """Hires denoising strength that keeps levels >= the upscale factor ``keep`` generated
     (:func:`lib_chroma.chromatography.hires_strength` on the family's schedule)."""
-    return hires_strength(max(1.0, float(upscale)), keep, sampler or "Euler", scheduler or "Automatic", int(steps),
-                          model_schedule(family), ays_table=MODEL_FAMILIES[family]["ays"])
+    return hires_strength(
+        max(1.0, float(upscale)),
+        keep,
+        sampler or "Euler",
+        scheduler or "Automatic",
+        int(steps),
+        model_schedule(family),
+        ays_table=MODEL_FAMILIES[family]["ays"],
+    )

@@ -1,10 +1,10 @@
 """The accordion (gradio 3.41, A1111 v1.10): every control comes from :data:`lib_chroma.settings.FIELDS`.
 
-``build(script, is_img2img)`` returns the input components in field order (the API's positional order). Display
-components (header readout, curve preview, switch/hires info) are wired with events and never returned. The
-WebUI's own sampler/scheduler/steps/size components are captured by ``capture`` (the script's
-``after_component``) and wired once per tab; ``build`` may be called again (the API builds throwaway copies) without
-registering anything global.
+``build(script, is_img2img)`` returns the input components in field order (the API's positional order).
+Display components (header readout, curve preview, switch/hires info) are wired with events and never
+returned. The WebUI's own sampler/scheduler/steps/size components are captured by ``capture`` (the script's
+``after_component``) and wired once per tab; ``build`` may be called again (the API builds throwaway copies)
+without registering anything global.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def _family() -> str:
         from modules import sd_models
 
         from lib_chroma.webui.a1111 import model_family
+
         model = sd_models.model_data.sd_model
         return model_family(model) if model is not None else "sd1"
     except Exception:  # noqa: BLE001
@@ -73,17 +74,42 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
             apply_preset = gr.Button("Apply preset", elem_id=script.elem_id("apply_preset"), size="sm")
             reset = gr.Button("Reset to defaults", elem_id=script.elem_id("reset"), size="sm")
         with gr.Tab("Upsample guidance"):
-            for name in ("scale", "factor_h", "factor_w", "window", "window_sigma_hi", "window_sigma_lo",
-                         "window_start", "window_end", "shape", "q_end", "operator", "nested", "passes"):
+            for name in (
+                "scale",
+                "factor_h",
+                "factor_w",
+                "window",
+                "window_sigma_hi",
+                "window_sigma_lo",
+                "window_start",
+                "window_end",
+                "shape",
+                "q_end",
+                "operator",
+                "nested",
+                "passes",
+            ):
                 comps[name] = _component(S.FIELD_BY_NAME[name], script.elem_id(name))
         with gr.Tab("Time-dependent prompts"):
-            for name in ("prompt_mode", "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q"):
+            for name in (
+                "prompt_mode",
+                "layout_prompt",
+                "detail_prompt",
+                "marker",
+                "switch_level",
+                "switch_q",
+            ):
                 comps[name] = _component(S.FIELD_BY_NAME[name], script.elem_id(name))
             switch_info = gr.Markdown("", elem_id=script.elem_id("switch_info"))
             with gr.Row():
-                strength = gr.Number(label="Suggested hires denoising strength", interactive=False,
-                                     elem_id=script.elem_id("hires_strength"))
-                apply_strength = gr.Button("Apply to hires fix", elem_id=script.elem_id("apply_strength"), size="sm")
+                strength = gr.Number(
+                    label="Suggested hires denoising strength",
+                    interactive=False,
+                    elem_id=script.elem_id("hires_strength"),
+                )
+                apply_strength = gr.Button(
+                    "Apply to hires fix", elem_id=script.elem_id("apply_strength"), size="sm"
+                )
         plot = gr.HTML(value="", elem_id=script.elem_id("curves"), elem_classes=["rc-curves-box"])
 
     r0, svg0, info0 = preview(S.RCSettings().to_dict(), "Euler", "Automatic", 20, 512, 512, family=_family())
@@ -94,8 +120,8 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     have_host = all(c is not None for c in host_inputs)
 
     def update(*vals: Any) -> tuple[Any, ...]:
-        values = dict(zip(S.FIELD_NAMES, vals[:len(S.FIELD_NAMES)]))
-        rest = list(vals[len(S.FIELD_NAMES):]) if have_host else ["Euler", "Automatic", 20, 512, 512]
+        values = dict(zip(S.FIELD_NAMES, vals[: len(S.FIELD_NAMES)]))
+        rest = list(vals[len(S.FIELD_NAMES) :]) if have_host else ["Euler", "Automatic", 20, 512, 512]
         return preview(values, *rest, family=_family())
 
     ev_inputs = inputs + (host_inputs if have_host else [])
@@ -105,23 +131,34 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     if have_host and id(host_inputs[0]) not in _wired:
         _wired.add(id(host_inputs[0]))  # host components are wired once, not on the API's throwaway rebuilds
         for c in host_inputs:
-            (c.release if isinstance(c, gr.Slider) else c.change)(update, ev_inputs, outputs, show_progress=False)
+            (c.release if isinstance(c, gr.Slider) else c.change)(
+                update, ev_inputs, outputs, show_progress=False
+            )
 
     def fill(preset: str) -> list[Any]:
         vals = S.preset_values(preset, _family())
         return [gr.update(value=vals[n]) if n in vals else gr.update() for n in S.FIELD_NAMES[2:]]
 
     apply_preset.click(fill, [comps["preset"]], inputs[2:], show_progress=False)
-    reset.click(lambda: [gr.update(value=f.default) for f in S.FIELDS[1:]], [], inputs[1:], show_progress=False)
+    reset.click(
+        lambda: [gr.update(value=f.default) for f in S.FIELDS[1:]], [], inputs[1:], show_progress=False
+    )
     if have_host:
-        def strength_fn(sampler: str, scheduler: str, steps: float, w: float, h: float, fh: float, fw: float
-                        ) -> float:
+
+        def strength_fn(
+            sampler: str, scheduler: str, steps: float, w: float, h: float, fh: float, fw: float
+        ) -> float:
             native = int(MODEL_FAMILIES[_family()]["native"])
             m = max(int(fh) or auto_factor(int(h), native), int(fw) or auto_factor(int(w), native))
             return suggested_strength(sampler, scheduler, steps, m, family=_family())
+
         for c in (comps["factor_h"], comps["factor_w"]):
-            c.release(strength_fn, host_inputs + [comps["factor_h"], comps["factor_w"]], [strength],
-                      show_progress=False)
+            c.release(
+                strength_fn,
+                host_inputs + [comps["factor_h"], comps["factor_w"]],
+                [strength],
+                show_progress=False,
+            )
         target = host.get("denoising_strength")
         if target is not None:
             apply_strength.click(lambda v: v, [strength], [target], show_progress=False)
@@ -134,9 +171,11 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
 
 
 def _paste_enabled(params: dict[str, str]) -> bool | None:
-    """Enable on paste (option ``rc_enable_on_paste``, default on): enabled iff the infotext has ``RC scale``."""
+    """Enable on paste (option ``rc_enable_on_paste``, default on): enabled iff the infotext has ``RC
+    scale``."""
     try:
         from modules import shared
+
         on = getattr(shared.opts, "rc_enable_on_paste", True)
     except Exception:  # noqa: BLE001
         on = True

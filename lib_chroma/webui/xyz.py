@@ -20,6 +20,7 @@ def _setter(*names: str) -> Callable[[Any, Any, Any], None]:
     def apply(p: Any, x: Any, xs: Any) -> None:
         for n in names:
             setattr(p, f"rc_{n}", S.validate_field(n, x))
+
     return apply
 
 
@@ -43,8 +44,15 @@ def axis_specs() -> list[tuple[str, type, Callable[[Any, Any, Any], None], Calla
 def add_axes() -> None:
     """Append the axes to the built-in X/Y/Z script (``on_before_ui``); idempotent."""
     from modules import scripts
-    xyz = next((d.module for d in scripts.scripts_data
-                if d.script_class.__module__ in ("xyz_grid.py", "xy_grid.py")), None)
+
+    xyz = next(
+        (
+            d.module
+            for d in scripts.scripts_data
+            if d.script_class.__module__ in ("xyz_grid.py", "xy_grid.py")
+        ),
+        None,
+    )
     if xyz is None:
         return
     if any(getattr(o, "label", "").startswith(LABEL_PREFIX) for o in xyz.axis_options):

@@ -6,8 +6,8 @@
 
 :class:`FakeCFGDenoiser` follows the documented behaviour of A1111 v1.10's ``CFGDenoiser.forward`` (see
 ``shared/reference/a1111-extension-api.md`` §4): cond rows (one per ``AND`` part) then uncond rows, the
-``on_cfg_denoiser`` callback with read-back fields, optional skipped uncond (fake uncond copies), separate calls when
-token lengths differ, the ``on_cfg_denoised`` callback on ``x_out`` and the CFG combination.
+``on_cfg_denoiser`` callback with read-back fields, optional skipped uncond (fake uncond copies), separate
+calls when token lengths differ, the ``on_cfg_denoised`` callback on ``x_out`` and the CFG combination.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ from typing import Any
 
 import torch
 
-NAMES = ("modules", "modules.shared", "modules.script_callbacks", "modules.sd_samplers_timesteps",
-         "modules.sd_samplers_common")
+NAMES = (
+    "modules",
+    "modules.shared",
+    "modules.script_callbacks",
+    "modules.sd_samplers_timesteps",
+    "modules.sd_samplers_common",
+)
 
 
 class Opts:
@@ -40,8 +45,9 @@ class Opts:
 
 
 class CFGDenoiserParams:
-    def __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond,
-                 denoiser=None):
+    def __init__(
+        self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None
+    ):
         self.x, self.image_cond, self.sigma = x, image_cond, sigma
         self.sampling_step, self.total_sampling_steps = sampling_step, total_sampling_steps
         self.text_cond, self.text_uncond, self.denoiser = text_cond, text_uncond, denoiser
@@ -50,7 +56,11 @@ class CFGDenoiserParams:
 class CFGDenoisedParams:
     def __init__(self, x, sampling_step, total_sampling_steps, inner_model):
         self.x, self.sampling_step, self.total_sampling_steps, self.inner_model = (
-            x, sampling_step, total_sampling_steps, inner_model)
+            x,
+            sampling_step,
+            total_sampling_steps,
+            inner_model,
+        )
 
 
 class FakeCFGDenoiser:
@@ -64,7 +74,8 @@ class FakeCFGDenoiser:
         self.cond, self.uncond = cond, uncond
         self.skip_uncond = skip_uncond
         self.sampler = types.SimpleNamespace(
-            sampler_extra_args={"cond": types.SimpleNamespace(batch=[[None] * r for r in self.repeats])})
+            sampler_extra_args={"cond": types.SimpleNamespace(batch=[[None] * r for r in self.repeats])}
+        )
 
     @property
     def inner_model(self):
@@ -79,7 +90,13 @@ class FakeCFGDenoiser:
         ic_in = torch.cat([torch.stack([image_cond[i]] * n) for i, n in enumerate(rep)] + [image_cond])
         prm = CFGDenoiserParams(x_in, ic_in, sigma_in, 0, 0, self.cond, self.uncond, self)
         sc.cfg_denoiser_callback(prm)
-        x_in, ic_in, sigma_in, tensor, uncond = prm.x, prm.image_cond, prm.sigma, prm.text_cond, prm.text_uncond
+        x_in, ic_in, sigma_in, tensor, uncond = (
+            prm.x,
+            prm.image_cond,
+            prm.sigma,
+            prm.text_cond,
+            prm.text_uncond,
+        )
         b = len(rep)
         if self.skip_uncond:
             x_in, sigma_in = x_in[:-b], sigma_in[:-b]
@@ -95,10 +112,11 @@ class FakeCFGDenoiser:
             return torch.cat(cs)
 
         def tok(c):
-            return ((c["crossattn"] if isinstance(c, dict) else c).shape[1])
+            return (c["crossattn"] if isinstance(c, dict) else c).shape[1]
+
         if tok(tensor) == tok(uncond) or self.skip_uncond:
             cond_in = tensor if self.skip_uncond else cat([tensor, uncond])
-            x_out = self.inner(x_in, sigma_in, cond=mk(cond_in, ic_in[:x_in.shape[0]]))
+            x_out = self.inner(x_in, sigma_in, cond=mk(cond_in, ic_in[: x_in.shape[0]]))
         else:
             n = x_in.shape[0] - b
             x_out = torch.zeros_like(x_in)
@@ -110,7 +128,7 @@ class FakeCFGDenoiser:
             firsts.append(acc)
             acc += r
         if self.skip_uncond:
-            x_out = torch.cat([x_out, torch.cat([x_out[i:i + 1] for i in firsts])])
+            x_out = torch.cat([x_out, torch.cat([x_out[i : i + 1] for i in firsts])])
         sc.cfg_denoised_callback(CFGDenoisedParams(x_out, 0, 0, self.inner_model))
         u = x_out[-b:]
         den = u.clone()
@@ -178,8 +196,11 @@ class FakeModel:
     is_sdxl: bool = False
     is_sd2: bool = False
     parameterization: str = "eps"
-    alphas_cumprod: torch.Tensor = field(default_factory=lambda: torch.cumprod(
-        1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2, 0))
+    alphas_cumprod: torch.Tensor = field(
+        default_factory=lambda: torch.cumprod(
+            1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0
+        )
+    )
     cond_stage_key: str = "txt"
     conditioner: Any = None
     model: Any = field(default_factory=lambda: types.SimpleNamespace(conditioning_key="crossattn"))
@@ -201,7 +222,12 @@ def install(**opts: Any) -> types.SimpleNamespace:
     common.setup_img2img_steps = _setup_img2img_steps
     for name, mod in zip(NAMES, (pkg, shared, sc, ts, common)):
         sys.modules[name] = mod
-    pkg.shared, pkg.script_callbacks, pkg.sd_samplers_timesteps, pkg.sd_samplers_common = shared, sc, ts, common
+    pkg.shared, pkg.script_callbacks, pkg.sd_samplers_timesteps, pkg.sd_samplers_common = (
+        shared,
+        sc,
+        ts,
+        common,
+    )
     return types.SimpleNamespace(shared=shared, script_callbacks=sc, timesteps=ts, common=common)
 
 
