@@ -2,7 +2,8 @@
 
 Without ``WEBUI_DIR`` a plain ``pytest`` (CI) reports one clear skip line for the whole kit: only
 ``test_http.py`` is collected and it skips at module level (every test module starts with that skip too).
-Nothing here needs more than the standard library and pytest.
+Nothing here needs more than the standard library and pytest (the browser suite's own fixtures, which need
+Playwright, live in ``test_browser.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,25 @@ from tests.webui import kit
 if kit.webui_dir() is None:
     # One skip line for the whole kit: only test_http.py is collected, and it skips at module level.
     collect_ignore_glob = [p.name for p in Path(__file__).parent.glob("test_*.py") if p.name != "test_http.py"]
+
+
+#: Screenshot folders made in this session (printed in the terminal summary).
+_SHOT_DIRS: list[Path] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item (``item.rep_call``), so fixtures can act on a failed test."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print where the browser suite saved its screenshots."""
+    for path in _SHOT_DIRS:
+        shots = sorted(path.glob("*.png"))
+        terminalreporter.write_line(f"[webui-kit] {len(shots)} screenshots in {path}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -60,6 +80,15 @@ def kit_dir() -> Iterator[Path]:
         print(f"[webui-kit] kept {path}", file=sys.stderr)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shots_dir() -> Path:
+    """The browser suite's screenshot folder (``WEBUI_KIT_SHOTS`` or a new temporary one), kept after the run."""
+    path = kit.screenshot_dir()
+    _SHOT_DIRS.append(path)
+    print(f"[webui-kit] screenshots in {path}", file=sys.stderr)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ checkout is only read. Configuration, all from the environment:
 ``WEBUI_KIT_DIR``        where the kit writes (default: a fresh temporary folder, removed unless kept).
 ``WEBUI_KIT_KEEP``       ``1`` keeps that folder (logs, checkpoints) after the run and prints its path.
 ``WEBUI_KIT_START_S``    seconds to wait for a server to answer (default 240).
+``WEBUI_KIT_CHROMIUM``   the browser suite's Chromium (default: ``chromium`` or ``chromium-browser`` on PATH).
+``WEBUI_KIT_SHOTS``      where the browser suite saves screenshots (default: a new folder under the system
+                         temporary folder, ``webui-kit-shots-<time>``); kept after the run, its path is printed.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -73,6 +78,12 @@ LAUNCH_FLAGS = [
 ]
 
 
+# With the UI, A1111 (1.10, starlette 0.26) launches Gradio's server first and adds its own middleware and API
+# afterwards; one HTTP request in between builds the middleware stack, and A1111 then dies with "Cannot add
+# middleware after an application has started". So the kit sends nothing until the log says it is done.
+UI_READY_LINE = "Startup time:"
+
+
 def webui_dir() -> Path | None:
     """The WebUI checkout named by ``WEBUI_DIR``, or None when unset."""
     value = os.environ.get("WEBUI_DIR", "").strip()
@@ -88,6 +99,34 @@ def webui_python(root: Path) -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"no Python found in {root}/venv; set WEBUI_PYTHON to the WebUI's interpreter")
+
+
+def find_chromium() -> Path | None:
+    """The Chromium the browser suite drives: ``WEBUI_KIT_CHROMIUM``, else ``chromium`` / ``chromium-browser`` on
+    PATH (Debian: ``apt-get install chromium``); None when there is none. Playwright's own browser download is never
+    used."""
+    value = os.environ.get("WEBUI_KIT_CHROMIUM", "").strip()
+    if value:
+        path = Path(value).expanduser()
+        return path if path.is_file() and os.access(path, os.X_OK) else None
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+def screenshot_dir() -> Path:
+    """A folder for the browser suite's screenshots (``WEBUI_KIT_SHOTS``, else a new one under the temporary
+    folder). It is never inside the checkout unless asked for, and it is kept after the run."""
+    value = os.environ.get("WEBUI_KIT_SHOTS", "").strip()
+    if value:
+        path = Path(value).expanduser().resolve()
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(tempfile.gettempdir()) / f"webui-kit-shots-{stamp}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def free_port() -> int:
@@ -218,12 +257,15 @@ def start_webui(
     config: dict[str, Any] | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    extra_extensions: list[Path] | None = None,
 ) -> WebUI:
     """Start a fresh WebUI (own data folder, own port) on 127.0.0.1 and wait until its API answers.
 
-    ``ui=False`` starts it API-only (``--nowebui``); ``extension`` links this checkout into the data folder's
-    ``extensions/``; ``env`` adds environment variables for the server process. The caller must call
-    :meth:`WebUI.stop` (the fixtures do, always).
+    ``ui=False`` starts it API-only (``--nowebui``); ``ui=True`` with the Gradio UI too (the browser suite; the
+    API answers only once the UI is built). ``extension`` links this checkout into the data folder's
+    ``extensions/``; ``extra_extensions`` are folders (test-only extensions of the kit) copied there beside it;
+    ``env`` adds environment variables for the server process. The caller must call :meth:`WebUI.stop` (the
+    fixtures do, always).
 
     Note: under ``--nowebui`` A1111 never runs ``on_ui_settings`` callbacks, so an extension's own options do
     not exist there (``override_settings`` for them is ignored); pass such switches through ``env``.
@@ -233,6 +275,9 @@ def start_webui(
     (data_dir / "extensions").mkdir(parents=True)
     if extension:
         (data_dir / "extensions" / EXTENSION_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    for folder in extra_extensions or []:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(folder, data_dir / "extensions" / folder.name, ignore=ignore)
     settings = dict(BASE_CONFIG, **(config or {}))
     (data_dir / "config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     args = [str(python), "launch.py", *LAUNCH_FLAGS, "--port", str(port), "--data-dir", str(data_dir)]
@@ -262,16 +307,19 @@ def start_webui(
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"WebUI exited with {process.returncode} during startup:\n{server.log_tail()}")
-            try:
-                if server.request("GET", "/sdapi/v1/sd-models", timeout=10)[0] == 200:
-                    break
-            except OSError:
-                pass
+            # With the UI, no request may arrive before A1111 has added its API: see UI_READY_LINE.
+            if not ui or UI_READY_LINE in server.log_tail(2000):
+                try:
+                    if server.request("GET", "/sdapi/v1/sd-models", timeout=10)[0] == 200:
+                        break
+                except OSError:
+                    pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"WebUI did not answer within the start timeout:\n{server.log_tail()}")
             time.sleep(0.5)
     except BaseException:
         server.stop()
         raise
-    print(f"[webui-kit] started {server.url} (log {log_path})", file=sys.stderr)
+    mode = "with UI" if ui else "API only"
+    print(f"[webui-kit] started {server.url} ({mode}; log {log_path})", file=sys.stderr)
     return server

@@ -1,0 +1,236 @@
+"""The extension in a real browser: Playwright drives the system's Chromium against a WebUI started with its UI.
+
+Scenarios (issue 5): the "Resolution Chromatography" accordion renders in txt2img; its curve plot is a non-empty
+image and changes when the steps or the width change; the header readout follows the host's size and the
+extension's fields; Generate with the extension enabled shows its infotext keys in the generation info; "Send to
+txt2img" from PNG Info restores every field of the extension. Each test loads a fresh page; screenshots (and one
+of every failing test's page) go to the folder the kit prints at the end (``WEBUI_KIT_SHOTS``).
+
+Skips with one line when ``WEBUI_DIR`` is unset (the whole kit), when ``playwright`` is not installed, or when no
+Chromium is found; see tests/webui/README.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lib_chroma import settings as S
+from tests.webui import kit
+
+if kit.webui_dir() is None:
+    pytest.skip(kit.SKIP_REASON, allow_module_level=True)
+try:
+    import playwright.sync_api  # noqa: F401
+except ImportError:
+    pytest.skip(
+        "playwright is not installed: the browser suite needs `pip install -r tests/webui/requirements.txt`",
+        allow_module_level=True,
+    )
+CHROMIUM = kit.find_chromium()
+if CHROMIUM is None:
+    pytest.skip(
+        "no Chromium found: the browser suite needs `apt-get install chromium` (or WEBUI_KIT_CHROMIUM=<binary>)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, expect  # noqa: E402
+
+from tests.webui.browser import VIEWPORT, UIPage, chromium, nonwhite_fraction  # noqa: E402
+
+TITLE = kit.EXTENSION_TITLE
+# Readout: "<low w>×<low h> → <w>×<h> (×<fw>, ×<fh>) · guided steps a–b of n" (or "no guided steps"),
+# prefixed "off · " while the extension is disabled.
+READOUT = re.compile(r"^(off · )?(\d+)×(\d+) → (\d+)×(\d+) \(×(\d+), ×(\d+)\) · (.+)$")
+
+
+@pytest.fixture(scope="module")
+def ui_server(start_webui: Any) -> Iterator[kit.WebUI]:
+    """A WebUI of its own with the Gradio UI (no ``--nowebui``): extension linked, tiny SD1 loaded."""
+    server = start_webui(ckpt="sd1", ui=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (the system's binary, never a Playwright download)."""
+    assert CHROMIUM is not None
+    with chromium(CHROMIUM) as b:
+        yield b
+
+
+@pytest.fixture()
+def ui(ui_server: kit.WebUI, browser: Browser, shots_dir: Path, request: pytest.FixtureRequest) -> Iterator[UIPage]:
+    """A fresh page on the UI server, loaded; a failing test leaves a full-page screenshot behind."""
+    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    page = UIPage(context.new_page(), ui_server.url, shots_dir)
+    try:
+        page.open()
+        yield page
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            page.shot(f"FAILED-{request.node.name}")
+    finally:
+        context.close()
+
+
+def readout_parts(text: str) -> tuple[bool, tuple[int, int], tuple[int, int], tuple[int, int], str]:
+    """(enabled, low size, requested size, (factor w, factor h), guided-steps text) of the header readout."""
+    m = READOUT.match(text)
+    assert m, f"unexpected readout: {text!r}"
+    g = m.groups()
+    return g[0] is None, (int(g[1]), int(g[2])), (int(g[3]), int(g[4])), (int(g[5]), int(g[6])), g[7]
+
+
+def test_accordion_renders_in_txt2img(ui: UIPage) -> None:
+    """The accordion is in txt2img (and img2img), closed and off at first; opening it shows every field."""
+    acc = ui.accordion
+    expect(acc).to_be_visible()
+    assert ui.page.locator("#tab_txt2img").locator(f"#{ui.rc('enabled')}").count() == 1
+    assert ui.page.locator(f"#{ui.rc('enabled', tab='img2img')}").count() >= 1
+    expect(acc.locator(".label-wrap").first).to_contain_text(TITLE)
+    assert not ui.enabled_box.is_checked() and not ui.is_open()
+    enabled, *_ = readout_parts(ui.readout())
+    assert not enabled, "the readout says 'off' while the extension is off"
+    ui.shot("accordion-closed", ui.page.locator("#txt2img_accordions"))
+
+    ui.open_accordion()
+    assert ui.enabled_box.is_checked(), "A1111's InputAccordion: opening it enables it"
+    for name in S.FIELD_NAMES[1:]:
+        assert ui.page.locator(f"#{ui.rc(name)}").count() >= 1, f"no component for field {name}"
+    for name in ("preset", "scale", "factor_h", "factor_w", "window", "shape", "q_end", "operator", "nested"):
+        ui.reveal(name)
+    expect(ui.svg()).to_be_visible()
+    ui.shot("accordion-open", acc)
+    for name in ("prompt_mode", "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q"):
+        ui.reveal(name)
+    ui.shot("accordion-prompt-fields", acc)
+    assert not [e for e in ui.console_errors if "rc" in e.lower() or "chromatography" in e.lower()], ui.console_errors
+
+
+def test_plot_is_nonempty_and_follows_steps_and_width(ui: UIPage) -> None:
+    """The curve preview is a drawn image, and it is redrawn for a new step count and a new width."""
+    ui.open_accordion()
+    svg = ui.svg()
+    expect(svg).to_be_visible()
+    box = svg.bounding_box()
+    assert box is not None and box["width"] > 200 and box["height"] > 100, box
+    assert svg.locator("polyline").count() >= 2, "no curves drawn"
+    png = ui.shot("plot-default", svg).read_bytes()
+    assert nonwhite_fraction(png) > 0.01, "the plot image is blank"
+    assert svg.get_attribute("data-steps") == ui.slider_value("txt2img_steps") == "20"
+    first = ui.svg_markup()
+
+    ui.set_slider("txt2img_steps", 30)
+    after_steps = ui.wait_svg_change(first)
+    expect(ui.svg()).to_have_attribute("data-steps", "30")
+    ui.shot("plot-steps-30", ui.svg())
+
+    ui.set_slider("txt2img_width", 1024)
+    after_width = ui.wait_svg_change(after_steps)
+    assert after_width != first
+    _, _, size, factor, _ = readout_parts(ui.readout())
+    assert size[0] == 1024 and factor[0] == 2, ui.readout()
+    png = ui.shot("plot-steps-30-width-1024", ui.svg()).read_bytes()
+    assert nonwhite_fraction(png) > 0.01
+
+
+def test_header_readout_follows_size_fields_and_enable(ui: UIPage) -> None:
+    """The readout shown in the accordion's header: host size, factors, guided steps, and the on/off state (also
+    while the accordion is closed)."""
+    ui.open_accordion()
+    text = ui.readout()
+    enabled, low, size, factor, guided = readout_parts(text)
+    assert enabled and size == (512, 512) and factor == (1, 1) and low == (512, 512), text
+    assert guided == "no guided steps", text
+    ui.expect_readout_in_header(text)
+
+    ui.set_slider("txt2img_width", 1024)
+    text = ui.wait_readout_change(text)
+    ui.set_slider("txt2img_height", 768)
+    text = ui.wait_readout_change(text)
+    enabled, low, size, factor, guided = readout_parts(text)
+    assert size == (1024, 768) and factor == (2, 2) and low == (512, 384), text
+    assert re.fullmatch(r"guided steps \d+–\d+ of 20", guided), text
+    ui.expect_readout_in_header(text)
+
+    ui.set_field("factor_w", 4)
+    text = ui.wait_readout_change(text)
+    _, low, _, factor, _ = readout_parts(text)
+    assert factor == (4, 2) and low == (256, 384), text
+    ui.expect_readout_in_header(text)
+    ui.shot("readout-1024x768-x4", ui.header)
+
+    ui.enabled_box.uncheck()
+    text = ui.wait_readout_change(text)
+    assert text.startswith("off · "), text
+    ui.expect_readout_in_header(text)
+    assert ui.is_open(), "unticking the checkbox itself leaves the accordion open"
+    ui.header.click(position={"x": 4, "y": 4})
+    expect(ui.loc(ui.rc("scale"))).to_be_hidden()
+    ui.expect_readout_in_header(text)
+    ui.shot("readout-closed-off", ui.header)
+
+
+def test_generate_shows_the_infotext_keys(ui: UIPage) -> None:
+    """Generate with the extension enabled (2×2, manual factors at 128×128): the generation info has its keys."""
+    ui.open_accordion()
+    for elem_id, value in (("txt2img_width", 128), ("txt2img_height", 128), ("txt2img_steps", 4)):
+        ui.set_slider(elem_id, value)
+    values = {"enabled": True, "factor_h": 2, "factor_w": 2, "scale": 1.5}
+    for name in ("factor_h", "factor_w", "scale"):
+        ui.set_field(name, values[name])
+    info = ui.generate("a red ball")
+    expected = S.RCSettings(**values).to_infotext()
+    for key, value in expected.items():
+        assert f"{key}: {value}" in info, (key, value, info)
+    assert "RC scale: 1.5" in info and "RC factor: 2" in info, info
+    assert re.search(r"RC guided steps: \d+-\d+/4", info), info
+    assert "RC error" not in info, info
+    expect(ui.page.locator("#txt2img_gallery img").first).to_be_visible()
+    ui.shot("generated")
+
+
+def test_png_info_send_to_txt2img_restores_the_fields(ui: UIPage, ui_server: kit.WebUI, shots_dir: Path) -> None:
+    """An image made with non-default settings, sent from PNG Info to txt2img, brings back every field."""
+    rc: dict[str, Any] = {
+        "enabled": True,
+        "preset": "SD1.5",
+        "scale": 1.5,
+        "factor_h": 2,
+        "factor_w": 3,
+        "window": "fraction",
+        "window_start": 0.1,
+        "window_end": 0.6,
+        "shape": "constant",
+        "operator": "bilinear",
+        "nested": False,
+        "passes": "both",
+        "prompt_mode": "fields",
+        "layout_prompt": "a blue cube",
+        "detail_prompt": "a red ball, detailed",
+        "switch_level": 2,
+        "switch_q": 0.7,
+    }
+    body = ui_server.txt2img(width=192, height=128, steps=5, alwayson_scripts={TITLE: {"args": [rc]}})
+    png = shots_dir / "pnginfo-source.png"
+    png.write_bytes(kit.image_bytes(body["images"][0]))
+    params = ui.send_png_to_txt2img(png)
+    assert "RC scale: 1.5" in params, params
+
+    expect(ui.enabled_box).to_be_checked(timeout=20_000)
+    expect(ui.loc("txt2img_width").locator("input[type=number]")).to_have_value("192")
+    assert ui.slider_value("txt2img_height") == "128" and ui.slider_value("txt2img_steps") == "5"
+    assert ui.is_open(), "a pasted enabled accordion is shown open"
+    expected = S.RCSettings(**rc).to_dict()
+    got = {name: ui.field_value(name) for name in S.FIELD_NAMES}
+    wrong = {n: (got[n], expected[n]) for n in S.FIELD_NAMES if got[n] != expected[n]}
+    assert not wrong, f"fields not restored (got, expected): {wrong}"
+    _, low, size, factor, _ = readout_parts(ui.readout())
+    assert size == (192, 128) and factor == (3, 2) and low == (64, 64), ui.readout()
+    ui.shot("pasted-into-txt2img", ui.accordion)
