@@ -150,3 +150,9 @@ def test_non_square_grid_default() -> None:
 def test_reference_needs_data_base() -> None:
     with pytest.raises(ValueError, match="base"):
         scorer.reference_stats(64, 64, base=16)
+
+
+def test_face_tangent_to_border_is_whole() -> None:
+    # touching the top border over a short chord is still a whole face; cut deeper, it is not
+    assert scorer.score_image(_render([_face(16, 12.6, 12)])).round_ok
+    assert not scorer.score_image(_render([_face(16, 9.5, 12)])).round_ok

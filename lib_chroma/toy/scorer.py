@@ -12,7 +12,8 @@ Per image (:class:`ImageScore`):
 - the main (largest) object: equivalent radius ``sqrt(area / pi)`` in units, ``size_rel = radius / sqrt(R_MIN
   R_MAX)``, ``size_ok`` when ``0.8 R_MIN <= radius <= 1.15 R_MAX``; ``aspect = sqrt(l1 / l2)`` of its second
   moments and ``extent`` = farthest pixel from the centroid over the radius: ``round_ok`` when
-  ``aspect <= 1.3``, ``extent <= 1.35`` and it does not touch the image border.
+  ``aspect <= 1.3``, ``extent <= 1.35`` and it is not cut by the image border (its contact with any border
+  is at most ``0.8`` radii long: a face tangent to the border is whole, one cut by it is not).
 - eyes: 4-connected components of ``lum < (median face lum + EYE_LUM) / 2`` inside the object's orthogonal
   hull (between its first and last pixel along both the row and the column), of at
   least 15% of the nominal eye area for that radius (and one pixel). ``eyes_ok``: exactly two, one on each
@@ -46,6 +47,7 @@ MIN_OBJECT_AREA = 0.3 * math.pi * data.R_MIN**2
 SIZE_RANGE = (0.8 * data.R_MIN, 1.15 * data.R_MAX)
 MAX_ASPECT = 1.3
 MAX_EXTENT = 1.35
+MAX_BORDER_CONTACT = 0.8
 BLOCK_CAP = 100.0
 
 
@@ -180,7 +182,10 @@ def _measure(img: np.ndarray, base: int) -> _Raw:
     aspect = float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
     radius = math.sqrt(area / math.pi)
     extent = float(np.sqrt((u - cx) ** 2 + (v - cy) ** 2).max() / radius)
-    inside = not (filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any())
+    contact = max(
+        filled[0].sum() / sx, filled[-1].sum() / sx, filled[:, 0].sum() / sy, filled[:, -1].sum() / sy
+    )
+    inside = bool(contact <= MAX_BORDER_CONTACT * radius)
     face_lum = float(np.median(lum[light]))
     dark = ortho_hull(filled) & (lum < 0.5 * (face_lum + EYE_LUM))
     elab, en = label(dark, conn8=False)
