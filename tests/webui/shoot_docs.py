@@ -48,6 +48,7 @@ def shoot(server: kit.WebUI, out: Path, max_kb: int) -> Path:
             before = page.readout()
             page.set_slider(elem_id, value)
             page.wait_readout_change(before)
+        page.expect_readout_in_header(page.readout())  # settled: no event pending, the header shows the readout
         page.page.mouse.move(0, 0)  # no hover highlight in the picture
         raw = page.accordion.screenshot(animations="disabled")
         context.close()

@@ -130,6 +130,20 @@ def test_failure_mid_run_keeps_the_guided_steps(hinted: Hinted) -> None:
     assert pixels(body) not in (guided, unguided), "two guided steps, then unguided: neither reference"
 
 
+def test_failure_in_the_hires_pass(hinted: Hinted) -> None:
+    """Guidance of the hires-fix pass only (``passes: hires``), failing there: the unguided hires image."""
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.5}
+    rc = dict(EVERY_CALL, passes="hires")
+    guided, recs = hinted.run(rc, sampler_name="Euler", **hires)
+    assert recs[0]["failed"] is None and recs[0]["low_calls"] > 0, recs
+    assert [p["pass"] for p in recs[0]["passes"]] == ["hires"], recs[0]["passes"]
+    unguided, _ = hinted.run(OFF, hints=0, sampler_name="Euler", **hires)
+    body, recs = hinted.run(rc, hints=0, sampler_name="Euler", **hires)
+    assert REASON in infotext(body), infotext(body)
+    assert len(recs) == 1 and recs[0]["low_calls"] == 0, recs
+    assert pixels(body) == pixels(unguided) != pixels(guided)
+
+
 def test_batch_with_a_failing_lowres_call(hinted: Hinted) -> None:
     """Batch size 2, batch count 2: every image comes back unguided and says why (one failure ends the guidance
     for the rest of the generation, later batches included: one debug record per generation)."""
