@@ -1,24 +1,34 @@
 // Resolution Chromatography: client-side niceties only (nothing the server needs to know).
-// - the header readout must not toggle the accordion when clicked;
+// - the header readout: the server writes the readout into the accordion body; this mirrors it into the
+//   accordion's header, so it is visible while the accordion is closed;
 // - tooltips on the readout and the curve preview.
 (function () {
-    function rcSetup() {
+    function rcSync() {
         ["txt2img", "img2img"].forEach(function (tab) {
             var prefix = "script_" + tab + "_resolution_chromatography_";
-            var readout = gradioApp().getElementById(prefix + "readout");
-            if (readout && !readout.dataset.rcReady) {
-                readout.dataset.rcReady = "1";
-                readout.title = "native size → requested size (factor per axis) · steps with upsample guidance";
-                readout.addEventListener("click", function (e) { e.stopPropagation(); });
+            var app = gradioApp();
+            var readout = app.getElementById(prefix + "readout");
+            var acc = app.getElementById(prefix + "enabled");
+            if (!readout || !acc) return;
+            var label = acc.querySelector(".label-wrap");
+            if (!label) return;
+            var span = label.querySelector(".rc-header-readout");
+            if (!span) {
+                span = document.createElement("span");
+                span.className = "rc-header-readout";
+                span.title = "low-res size → requested size (factor per axis) · steps with upsample guidance";
+                var first = label.querySelector("span");
+                if (first && first.nextSibling) label.insertBefore(span, first.nextSibling); else label.appendChild(span);
             }
-            var curves = gradioApp().getElementById(prefix + "curves");
-            if (curves && !curves.dataset.rcReady) {
-                curves.dataset.rcReady = "1";
+            var text = (readout.textContent || "").trim();
+            if (span.textContent !== text) span.textContent = text;
+            var curves = app.getElementById(prefix + "curves");
+            if (curves && !curves.title) {
                 curves.title = "Top: signal ratio r_m per level (dotted: guidance weight). Bottom: generated per step. " +
                     "Grey: guidance window. Dashed: prompt switch.";
             }
         });
     }
-    onUiLoaded(rcSetup);
-    onAfterUiUpdate(rcSetup);
+    onUiLoaded(rcSync);
+    onUiUpdate(rcSync);
 })();

@@ -160,7 +160,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "RC window",
         "Sigma window (mode 'sigma'): guidance while sigma_lo <= sigma <= sigma_hi.",
         0.0,
-        1000.0,
+        100.0,
         0.01,
     ),
     FieldSpec(
@@ -171,7 +171,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "RC window",
         "Lower end of the sigma window (mode 'sigma').",
         0.0,
-        1000.0,
+        100.0,
         0.01,
     ),
     FieldSpec(

@@ -10,6 +10,7 @@ from lib_chroma import settings as S
 from lib_chroma.webui import a1111, api, options, ui, xyz
 
 a1111.register_callbacks()
+ui.reset()
 script_callbacks.on_before_ui(xyz.add_axes, name="resolution_chromatography_xyz")
 script_callbacks.on_ui_settings(options.add_options, name="resolution_chromatography_options")
 script_callbacks.on_app_started(lambda demo, app: api.install(app), name="resolution_chromatography_api")

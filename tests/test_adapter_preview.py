@@ -15,7 +15,7 @@ def test_readout_and_svg():
     assert readout.startswith("512×512 → 1024×1536 (×2, ×3) · guided steps 1–")
     assert readout.endswith("of 20")
     assert svg.startswith("<svg") and svg.endswith("</svg>") and 'data-steps="20"' in svg
-    assert "Prompt switch: step" in info
+    assert "Time-dependent prompts are off." in info
     off, _, _ = preview(S.RCSettings().to_dict(), "Euler", "Automatic", 20, 512, 512, family="sdxl")
     assert off.startswith("off · ") and "no guided steps" in off
 

@@ -67,9 +67,13 @@ def preview(
     if not s.enabled:
         readout = "off · " + readout
     sw = rep["switch"]
-    info = f"Prompt switch: step {sw['step']} of {n}" + (
-        f" (when `{sw['fraction']}`)" if sw["fraction"] else ""
-    )
+    if s.prompt_mode == "off":
+        rep["switch"] = {**sw, "step": None}
+        info = "Time-dependent prompts are off."
+    else:
+        info = f"Prompt switch: step {sw['step']} of {n}" + (
+            f" (when `{sw['fraction']}`)" if sw["fraction"] else ""
+        )
     return readout, curves_svg(rep), info
 
 

@@ -19,10 +19,22 @@ from lib_chroma.schedule import MODEL_FAMILIES
 from lib_chroma.webui.preview import preview, suggested_strength
 
 #: WebUI component elem_ids (per tab prefix) the preview listens to.
-HOST_IDS = ("sampling", "scheduler", "steps", "width", "height", "denoising_strength")
+HOST_IDS = ("sampling", "scheduler", "steps", "width", "height", "denoising_strength", "hr_scale")
 
+#: Host components by tab, our first build per tab, and the tabs whose preview events are wired. Reset by the
+#: script file at every (re)load, since "Reload UI" builds new components.
 _captured: dict[str, dict[str, Any]] = {"txt2img": {}, "img2img": {}}
-_wired: set[int] = set()
+_built: dict[str, tuple[list[Any], list[Any], Any]] = {}
+_wired: set[str] = set()
+_PREVIEW_HOST = ("sampling", "scheduler", "steps", "width", "height")
+
+
+def reset() -> None:
+    """Forget captured components and wiring (called when the script file is (re)loaded)."""
+    for d in _captured.values():
+        d.clear()
+    _built.clear()
+    _wired.clear()
 
 
 def capture(component: Any, elem_id: str | None) -> None:
@@ -33,6 +45,53 @@ def capture(component: Any, elem_id: str | None) -> None:
         for name in HOST_IDS:
             if elem_id == f"{tab}_{name}":
                 _captured[tab][name] = component
+                _try_wire(tab)
+
+
+def _listen(component: Any, fn: Any, inputs: list[Any], outputs: list[Any]) -> None:
+    """Update on change (a preview costs a few ms, so slider drag ticks are affordable; ``release`` would miss
+    values typed into a slider's number box)."""
+    component.change(fn, inputs, outputs, show_progress=False)
+
+
+def _try_wire(tab: str) -> None:
+    """Wire the preview once our accordion and the host components it reads all exist (some host components,
+    e.g. width and height, are created after the accordion)."""
+    host = _captured[tab]
+    if tab in _wired or tab not in _built or any(host.get(k) is None for k in _PREVIEW_HOST):
+        return
+    _wired.add(tab)
+    inputs, outputs, apply_strength = _built[tab]
+    host_inputs = [host[k] for k in _PREVIEW_HOST]
+    upscale = host.get("hr_scale")
+    extra = [upscale] if upscale is not None else []
+
+    def update(*vals: Any) -> tuple[Any, ...]:
+        n = len(S.FIELD_NAMES)
+        values = dict(zip(S.FIELD_NAMES, vals[:n]))
+        sampler, scheduler, steps, w, h = vals[n : n + 5]
+        fam = _family()
+        readout, svg, info = preview(values, sampler, scheduler, steps, w, h, family=fam)
+        try:
+            if extra:
+                m = float(vals[n + 5])
+            else:
+                native = int(MODEL_FAMILIES[fam]["native"])
+                m = max(
+                    int(values["factor_h"]) or auto_factor(int(h), native),
+                    int(values["factor_w"]) or auto_factor(int(w), native),
+                )
+            strength = suggested_strength(sampler, scheduler, steps, m, family=fam)
+        except (ValueError, KeyError, TypeError):
+            strength = None
+        return readout, svg, info, strength
+
+    all_inputs = inputs + host_inputs + extra
+    for c in inputs + host_inputs + extra:
+        _listen(c, update, all_inputs, outputs)
+    target = host.get("denoising_strength")
+    if target is not None:
+        apply_strength.click(lambda v: v, [outputs[3]], [target], show_progress=False)
 
 
 def _family() -> str:
@@ -67,10 +126,18 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     comps: dict[str, Any] = {}
     with InputAccordion(False, label=S.TITLE, elem_id=script.elem_id("enabled")) as enabled:
         comps["enabled"] = enabled
-        with enabled.extra():
-            readout = gr.HTML(value="", elem_id=script.elem_id("readout"), elem_classes=["rc-readout"])
+        # The readout lives in the body; javascript/resolution_chromatography.js mirrors it into the header
+        # (an event output inside InputAccordion.extra() breaks gradio 3.41's front-end start-up).
+        readout = gr.HTML(value="", elem_id=script.elem_id("readout"), elem_classes=["rc-readout"])
         with gr.Row():
-            comps["preset"] = _component(S.FIELD_BY_NAME["preset"], script.elem_id("preset"))
+            spec = S.FIELD_BY_NAME["preset"]
+            comps["preset"] = gr.Dropdown(
+                choices=list(spec.choices),
+                value=spec.default,
+                label=spec.label,
+                info=spec.help,
+                elem_id=script.elem_id("preset"),
+            )
             apply_preset = gr.Button("Apply preset", elem_id=script.elem_id("apply_preset"), size="sm")
             reset = gr.Button("Reset to defaults", elem_id=script.elem_id("reset"), size="sm")
         with gr.Tab("Upsample guidance"):
@@ -114,26 +181,8 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
 
     r0, svg0, info0 = preview(S.RCSettings().to_dict(), "Euler", "Automatic", 20, 512, 512, family=_family())
     readout.value, plot.value, switch_info.value = r0, svg0, info0
+    strength.value = suggested_strength("Euler", "Automatic", 20, 2, family=_family())
     inputs = [comps[n] for n in S.FIELD_NAMES]
-    host = _captured[tab]
-    host_inputs = [host.get(k) for k in ("sampling", "scheduler", "steps", "width", "height")]
-    have_host = all(c is not None for c in host_inputs)
-
-    def update(*vals: Any) -> tuple[Any, ...]:
-        values = dict(zip(S.FIELD_NAMES, vals[: len(S.FIELD_NAMES)]))
-        rest = list(vals[len(S.FIELD_NAMES) :]) if have_host else ["Euler", "Automatic", 20, 512, 512]
-        return preview(values, *rest, family=_family())
-
-    ev_inputs = inputs + (host_inputs if have_host else [])
-    outputs = [readout, plot, switch_info]
-    for c in inputs:
-        (c.release if isinstance(c, gr.Slider) else c.change)(update, ev_inputs, outputs, show_progress=False)
-    if have_host and id(host_inputs[0]) not in _wired:
-        _wired.add(id(host_inputs[0]))  # host components are wired once, not on the API's throwaway rebuilds
-        for c in host_inputs:
-            (c.release if isinstance(c, gr.Slider) else c.change)(
-                update, ev_inputs, outputs, show_progress=False
-            )
 
     def fill(preset: str) -> list[Any]:
         vals = S.preset_values(preset, _family())
@@ -143,31 +192,48 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     reset.click(
         lambda: [gr.update(value=f.default) for f in S.FIELDS[1:]], [], inputs[1:], show_progress=False
     )
-    if have_host:
-
-        def strength_fn(
-            sampler: str, scheduler: str, steps: float, w: float, h: float, fh: float, fw: float
-        ) -> float:
-            native = int(MODEL_FAMILIES[_family()]["native"])
-            m = max(int(fh) or auto_factor(int(h), native), int(fw) or auto_factor(int(w), native))
-            return suggested_strength(sampler, scheduler, steps, m, family=_family())
-
-        for c in (comps["factor_h"], comps["factor_w"]):
-            c.release(
-                strength_fn,
-                host_inputs + [comps["factor_h"], comps["factor_w"]],
-                [strength],
-                show_progress=False,
-            )
-        target = host.get("denoising_strength")
-        if target is not None:
-            apply_strength.click(lambda v: v, [strength], [target], show_progress=False)
-
+    if tab not in _built:  # the main UI's build; the API's throwaway rebuilds are not wired to the host
+        _built[tab] = (inputs, [readout, plot, switch_info, strength], apply_strength)
+        _try_wire(tab)
+    _visibility(comps)
     script.infotext_fields = [(enabled, _paste_enabled)] + [
         (comps[n], (lambda d, n=n: S.infotext_value(n, d))) for n in S.FIELD_NAMES[1:]
     ]
     script.paste_field_names = list(dict.fromkeys(k for k in S.INFOTEXT_KEYS[:-3]))
     return inputs
+
+
+#: Which controls matter for which choice (others are hidden, never disabled: their values still count).
+_SHOWN_BY = {
+    "window": {
+        "window_sigma_hi": ("sigma",),
+        "window_sigma_lo": ("sigma",),
+        "window_start": ("fraction",),
+        "window_end": ("fraction",),
+    },
+    "shape": {"q_end": ("fade",)},
+    "prompt_mode": {
+        "layout_prompt": ("fields",),
+        "detail_prompt": ("fields",),
+        "marker": ("marker",),
+        "switch_level": ("fields", "marker"),
+        "switch_q": ("fields", "marker"),
+    },
+}
+
+
+def _visibility(comps: dict[str, Any]) -> None:
+    """Show only the controls the current window mode, weight shape and prompt mode use."""
+    for chooser, targets in _SHOWN_BY.items():
+        names = list(targets)
+        default = S.FIELD_BY_NAME[chooser].default
+        for n in names:
+            comps[n].visible = default in targets[n]
+
+        def show(value: str, names: list[str] = names, targets: dict = targets) -> list[Any]:
+            return [gr.update(visible=value in targets[n]) for n in names]
+
+        comps[chooser].change(show, [comps[chooser]], [comps[n] for n in names], show_progress=False)
 
 
 def _paste_enabled(params: dict[str, str]) -> bool | None:
