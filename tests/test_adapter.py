@@ -476,3 +476,15 @@ def test_prompt_without_marker_is_left_alone(web):
     web.a1111.on_process(p, ({"prompt_mode": "marker"},))
     web.a1111.on_process_batch(p)
     assert p.prompts == ["[a:b:0.5] castle"] and p.hr_prompts == ["[a:b:0.5] castle"]
+
+
+def test_positional_enabled_accepts_api_booleans(web):
+    for first in (1, "true"):
+        inner = Inner()
+        p = make_p(web)
+        run(web, p, [first, "Auto", 1.0, 2, 2], inner, size=(32, 32))
+        assert any(s[-1] == 16 for s in inner.sizes())
+    inner = Inner()
+    p = make_p(web)
+    run(web, p, ["maybe"], inner, size=(32, 32))
+    assert "enabled" in p.extra_generation_params["RC error"]

@@ -179,9 +179,14 @@ def on_process(p: Any, args: tuple) -> None:
     if not args and not overrides:
         return
     first = args[0] if args else None
-    if not overrides and not (isinstance(first, dict) or first is True):
-        _drop_keys(p)  # XYZ cells share extra_generation_params: no keys from an enabled neighbour
-        return
+    if not overrides and not isinstance(first, dict):
+        try:
+            on = S.validate_field("enabled", first)
+        except ValueError:
+            on = True  # not a boolean: the full parse below reports it
+        if not on:
+            _drop_keys(p)  # XYZ cells share extra_generation_params: no keys from an enabled neighbour
+            return
     family = model_family(getattr(p, "sd_model", None) or shared.sd_model)
     try:
         s = S.from_args(args, family=family)
