@@ -120,12 +120,23 @@ class UIPage:
         self.wait_idle()
 
     def wait_idle(self) -> None:
-        """Wait until no Gradio event of the accordion is pending (its status overlays are translucent then)."""
-        expect(self.accordion.locator(".wrap.translucent")).to_have_count(0, timeout=UPDATE_MS)
+        """Wait until no Gradio event of the accordion is pending (its status overlays are translucent then).
+
+        Fails with the pending components and the readout (which shows the preview's error message, if any)."""
+        pending = self.accordion.locator(".wrap.translucent")
+        try:
+            expect(pending).to_have_count(0, timeout=UPDATE_MS)
+        except AssertionError:
+            ids = pending.evaluate_all("els => els.map(e => e.parentElement.id || e.parentElement.className)")
+            raise AssertionError(
+                f"accordion events still pending after {UPDATE_MS} ms (an event loop?): {ids}; "
+                f"readout: {self.readout()!r}"
+            ) from None
 
     def reveal(self, name: str) -> Locator:
         """A field's component, made visible: if the accordion groups fields in tabs, the tab holding it is
-        clicked."""
+        clicked (fields that only matter in some mode are shown by picking the mode first, see
+        :meth:`visible_fields`)."""
         target = self.loc(self.rc(name))
         if not target.is_visible():
             for button in self.accordion.locator(".tab-nav button").all():
@@ -134,6 +145,11 @@ class UIPage:
                     break
         expect(target).to_be_visible(timeout=UPDATE_MS)
         return target
+
+    def visible_fields(self) -> set[str]:
+        """The extension's fields whose component is showing now (after pending events have settled)."""
+        self.wait_idle()
+        return {n for n in S.FIELD_NAMES[1:] if self.loc(self.rc(n)).is_visible()}
 
     @property
     def readout_box(self) -> Locator:
@@ -193,14 +209,24 @@ class UIPage:
         """A slider's number box."""
         return self.loc(elem_id).locator("input[type=number]").input_value()
 
-    def set_radio(self, elem_id: str, value: str) -> None:
-        """Pick a radio choice."""
-        self.loc(elem_id).locator(f"input[type=radio][value='{value}']").check()
+    def set_choice(self, elem_id: str, value: str) -> None:
+        """Pick a choice of a radio group or of a (single-choice) dropdown."""
+        box = self.loc(elem_id)
+        radio = box.locator(f"input[type=radio][value='{value}']")
+        if radio.count():
+            radio.check()
+            return
+        box.locator("input").first.click()
+        box.locator(f"ul.options li[data-value='{value}']").click()
+        expect(box.locator("input").first).to_have_value(value, timeout=UPDATE_MS)
 
-    def radio_value(self, elem_id: str) -> str | None:
-        """The picked radio choice."""
-        picked = self.loc(elem_id).locator("input[type=radio]:checked")
-        return picked.get_attribute("value") if picked.count() else None
+    def choice_value(self, elem_id: str) -> str | None:
+        """The picked choice of a radio group or of a (single-choice) dropdown."""
+        box = self.loc(elem_id)
+        if box.locator("input[type=radio]").count():
+            picked = box.locator("input[type=radio]:checked")
+            return picked.get_attribute("value") if picked.count() else None
+        return box.locator("input").first.input_value()
 
     def field_value(self, name: str) -> Any:
         """One extension field as the UI shows it, typed by its :data:`lib_chroma.settings.FIELDS` kind."""
@@ -214,7 +240,7 @@ class UIPage:
         if spec.kind == "bool":
             return self.loc(elem_id).locator("input[type=checkbox]").is_checked()
         if spec.kind == "choice":
-            return self.radio_value(elem_id)
+            return self.choice_value(elem_id)
         return self.loc(elem_id).locator("textarea, input[type=text]").first.input_value()
 
     def set_field(self, name: str, value: Any) -> None:
@@ -227,7 +253,7 @@ class UIPage:
         elif spec.kind == "bool":
             self.loc(elem_id).locator("input[type=checkbox]").set_checked(bool(value))
         elif spec.kind == "choice":
-            self.set_radio(elem_id, str(value))
+            self.set_choice(elem_id, str(value))
         else:
             self.loc(elem_id).locator("textarea, input[type=text]").first.fill(str(value))
 

@@ -103,12 +103,21 @@ def test_accordion_renders_in_txt2img(ui: UIPage) -> None:
     assert ui.enabled_box.is_checked(), "A1111's InputAccordion: opening it enables it"
     for name in S.FIELD_NAMES[1:]:
         assert ui.page.locator(f"#{ui.rc(name)}").count() >= 1, f"no component for field {name}"
-    for name in ("preset", "scale", "factor_h", "factor_w", "window", "shape", "q_end", "operator", "nested"):
+    for name in ("preset", "scale", "factor_h", "factor_w", "window", "shape", "operator", "nested", "prompt_mode"):
         ui.reveal(name)
     expect(ui.svg()).to_be_visible()
     ui.shot("accordion-open", acc)
-    for name in ("prompt_mode", "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q"):
-        ui.reveal(name)
+
+    # Fields that matter only in some mode may be hidden in the others: every field shows in some mode.
+    seen = ui.visible_fields()
+    for chooser in ("window", "shape", "prompt_mode"):
+        for choice in S.FIELD_BY_NAME[chooser].choices:
+            ui.set_field(chooser, choice)
+            seen |= ui.visible_fields()
+        ui.set_field(chooser, S.FIELD_BY_NAME[chooser].default)
+    assert seen == set(S.FIELD_NAMES[1:]), f"never shown: {sorted(set(S.FIELD_NAMES[1:]) - seen)}"
+    ui.set_field("prompt_mode", "fields")
+    ui.reveal("layout_prompt")
     ui.shot("accordion-prompt-fields", acc)
     assert not [e for e in ui.console_errors if "rc" in e.lower() or "chromatography" in e.lower()], ui.console_errors
 
@@ -227,6 +236,7 @@ def test_png_info_send_to_txt2img_restores_the_fields(ui: UIPage, ui_server: kit
     expect(ui.loc("txt2img_width").locator("input[type=number]")).to_have_value("192")
     assert ui.slider_value("txt2img_height") == "128" and ui.slider_value("txt2img_steps") == "5"
     assert ui.is_open(), "a pasted enabled accordion is shown open"
+    ui.wait_idle()
     expected = S.RCSettings(**rc).to_dict()
     got = {name: ui.field_value(name) for name in S.FIELD_NAMES}
     wrong = {n: (got[n], expected[n]) for n in S.FIELD_NAMES if got[n] != expected[n]}
