@@ -545,18 +545,25 @@ def _encode_window(s: RCSettings) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def from_dict(values: Mapping[str, Any], *, family: str | None = None, api: bool = True) -> RCSettings:
+def from_dict(
+    values: Mapping[str, Any],
+    *,
+    family: str | None = None,
+    api: bool = True,
+    default_preset: str = "Auto",
+) -> RCSettings:
     """Settings from named fields (the API dict form).
 
     Unknown names and out-of-range values raise ``ValueError`` naming the field. Missing names take the
-    preset's value (``preset``, default ``Auto`` = by ``family``), else the field default. In the API form
-    (``api``) a dict means "enabled" unless it says ``"enabled": false``."""
+    preset's value (``preset``; when absent ``default_preset``, the settings-section default; ``Auto`` = by
+    ``family``), else the field default. In the API form (``api``) a dict means "enabled" unless it says
+    ``"enabled": false``."""
     if not isinstance(values, Mapping):
         raise ValueError(f"args: a dict of named fields expected, got {type(values).__name__}")
     for k in values:
         if k not in FIELD_BY_NAME:
             raise ValueError(f"{k}: unknown field; allowed: {', '.join(FIELD_NAMES)}")
-    preset = validate_field("preset", values.get("preset", "Auto"))
+    preset = validate_field("preset", values.get("preset", default_preset))
     base: dict[str, Any] = {**preset_values(preset, family), "preset": preset}
     if api:
         base["enabled"] = True
@@ -564,14 +571,14 @@ def from_dict(values: Mapping[str, Any], *, family: str | None = None, api: bool
     return RCSettings(**{k: validate_field(k, v) for k, v in base.items()})
 
 
-def from_args(args: Sequence[Any], *, family: str | None = None) -> RCSettings:
+def from_args(args: Sequence[Any], *, family: str | None = None, default_preset: str = "Auto") -> RCSettings:
     """Settings from ``ui()``-ordered positional values, or a single dict of named fields in first position.
 
     Missing trailing values and ``None`` take defaults; extra values raise ``ValueError``. With a dict first,
     the values after it are ignored: they are the UI defaults the API fills into the remaining positions."""
     args = list(args)
     if args and isinstance(args[0], Mapping):
-        return from_dict(args[0], family=family)
+        return from_dict(args[0], family=family, default_preset=default_preset)
     if len(args) > len(FIELDS):
         raise ValueError(f"args: at most {len(FIELDS)} positional values, got {len(args)}")
     values = {}

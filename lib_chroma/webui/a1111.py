@@ -52,6 +52,7 @@ DEBUG_LOG_ENV = "RC_DEBUG_LOG"
 OPT_DEBUG = "rc_debug"
 OPT_SDXL_SIZE = "rc_sdxl_size_cond"
 OPT_ENABLE_ON_PASTE = "rc_enable_on_paste"
+OPT_DEFAULT_PRESET = "rc_default_preset"
 
 
 def _opt(name: str, default: Any) -> Any:
@@ -189,7 +190,7 @@ def on_process(p: Any, args: tuple) -> None:
             return
     family = model_family(getattr(p, "sd_model", None) or shared.sd_model)
     try:
-        s = S.from_args(args, family=family)
+        s = S.from_args(args, family=family, default_preset=_default_preset())
         if overrides:
             s = s.with_(**overrides)
     except ValueError as e:
@@ -205,6 +206,12 @@ def on_process(p: Any, args: tuple) -> None:
     )
     _drop_keys(p)
     p.extra_generation_params.update(s.to_infotext())
+
+
+def _default_preset() -> str:
+    """The settings-section default preset (option ``rc_default_preset``), ``Auto`` when unset or invalid."""
+    value = _opt(OPT_DEFAULT_PRESET, "Auto")
+    return value if value in S.PRESET_CHOICES else "Auto"
 
 
 def _warn(p: Any, message: str) -> None:
@@ -623,4 +630,5 @@ __all__ = [
     "OPT_DEBUG",
     "OPT_SDXL_SIZE",
     "OPT_ENABLE_ON_PASTE",
+    "OPT_DEFAULT_PRESET",
 ]

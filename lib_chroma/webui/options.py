@@ -14,6 +14,15 @@ def add_options() -> None:
 
     opts = [
         (
+            "rc_default_preset",
+            shared.OptionInfo(
+                "Auto",
+                "Default preset: the accordion's starting values, and what an API dict without them gets",
+                gr.Radio,
+                {"choices": list(S.PRESET_CHOICES)},
+            ).info("Auto: SD1.5, SD2.x or SDXL values by the loaded checkpoint (API); code defaults (UI)"),
+        ),
+        (
             "rc_enable_on_paste",
             shared.OptionInfo(
                 True,

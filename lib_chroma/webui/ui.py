@@ -107,15 +107,31 @@ def _family() -> str:
         return "sd1"
 
 
-def _component(spec: S.FieldSpec, elem_id: str) -> Any:
+def _initial() -> dict[str, Any]:
+    """Starting values of the controls: the code defaults, overridden by the settings-section default preset
+    (option ``rc_default_preset``; ``Auto`` keeps the code defaults, since no model may be loaded yet)."""
+    values = {f.name: f.default for f in S.FIELDS}
+    try:
+        from modules import shared
+
+        preset = getattr(shared.opts, "rc_default_preset", "Auto")
+    except Exception:  # noqa: BLE001
+        preset = "Auto"
+    if preset in S.PRESET_CHOICES and preset != "Auto":
+        values.update(S.preset_values(preset), preset=preset)
+    return values
+
+
+def _component(spec: S.FieldSpec, elem_id: str, value: Any = None) -> Any:
     kw = {"label": spec.label, "elem_id": elem_id, "info": spec.help}
+    value = spec.default if value is None else value
     if spec.kind in ("int", "float"):
-        return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=spec.step, value=spec.default, **kw)
+        return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=spec.step, value=value, **kw)
     if spec.kind == "bool":
-        return gr.Checkbox(value=spec.default, **kw)
+        return gr.Checkbox(value=value, **kw)
     if spec.kind == "choice":
-        return gr.Radio(choices=list(spec.choices), value=spec.default, **kw)
-    return gr.Textbox(value=spec.default, lines=1, max_lines=4, **kw)
+        return gr.Radio(choices=list(spec.choices), value=value, **kw)
+    return gr.Textbox(value=value, lines=1, max_lines=4, **kw)
 
 
 def build(script: Any, is_img2img: bool) -> list[Any]:
@@ -124,6 +140,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
 
     tab = "img2img" if is_img2img else "txt2img"
     comps: dict[str, Any] = {}
+    init = _initial()
     with InputAccordion(False, label=S.TITLE, elem_id=script.elem_id("enabled")) as enabled:
         comps["enabled"] = enabled
         # The readout lives in the body; javascript/resolution_chromatography.js mirrors it into the header
@@ -133,7 +150,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
             spec = S.FIELD_BY_NAME["preset"]
             comps["preset"] = gr.Dropdown(
                 choices=list(spec.choices),
-                value=spec.default,
+                value=init["preset"],
                 label=spec.label,
                 info=spec.help,
                 elem_id=script.elem_id("preset"),
@@ -156,7 +173,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                 "nested",
                 "passes",
             ):
-                comps[name] = _component(S.FIELD_BY_NAME[name], script.elem_id(name))
+                comps[name] = _component(S.FIELD_BY_NAME[name], script.elem_id(name), init[name])
         with gr.Tab("Time-dependent prompts"):
             for name in (
                 "prompt_mode",
@@ -166,7 +183,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                 "switch_level",
                 "switch_q",
             ):
-                comps[name] = _component(S.FIELD_BY_NAME[name], script.elem_id(name))
+                comps[name] = _component(S.FIELD_BY_NAME[name], script.elem_id(name), init[name])
             switch_info = gr.Markdown("", elem_id=script.elem_id("switch_info"))
             with gr.Row():
                 strength = gr.Number(
@@ -179,7 +196,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                 )
         plot = gr.HTML(value="", elem_id=script.elem_id("curves"), elem_classes=["rc-curves-box"])
 
-    r0, svg0, info0 = preview(S.RCSettings().to_dict(), "Euler", "Automatic", 20, 512, 512, family=_family())
+    r0, svg0, info0 = preview(init, "Euler", "Automatic", 20, 512, 512, family=_family())
     readout.value, plot.value, switch_info.value = r0, svg0, info0
     strength.value = suggested_strength("Euler", "Automatic", 20, 2, family=_family())
     inputs = [comps[n] for n in S.FIELD_NAMES]
@@ -189,8 +206,11 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
         return [gr.update(value=vals[n]) if n in vals else gr.update() for n in S.FIELD_NAMES[2:]]
 
     apply_preset.click(fill, [comps["preset"]], inputs[2:], show_progress=False)
-    reset.click(
-        lambda: [gr.update(value=f.default) for f in S.FIELDS[1:]], [], inputs[1:], show_progress=False
+    reset.click(  # back to the starting values (code defaults + the settings-section default preset)
+        lambda: [gr.update(value=v) for k, v in _initial().items() if k != "enabled"],
+        [],
+        inputs[1:],
+        show_progress=False,
     )
     if tab not in _built:  # the main UI's build; the API's throwaway rebuilds are not wired to the host
         _built[tab] = (inputs, [readout, plot, switch_info, strength], apply_strength)
