@@ -336,12 +336,19 @@ def guide_eps(
     eps_low: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     plan: GuidancePlan,
     schedule: DiscreteSchedule,
+    *,
+    integer_timesteps: bool = False,
 ) -> torch.Tensor:
     """Upsample guidance in eps/VP form for timestep samplers.
 
     ``x_t`` VP latents at (possibly fractional) timesteps ``t``; ``eps`` the model's noise prediction;
     ``eps_low(x_t_low, t_low)`` the model on pooled VP latents. Converts with ``sigma = t_to_sigma(t)``,
-    ``abar = 1/(1+sigma²)``, applies :func:`guide_x0`, and returns ``(x - x0') / sigma``."""
+    ``abar = 1/(1+sigma²)``, applies :func:`guide_x0`, and returns ``(x - x0') / sigma``.
+
+    The low call gets the fractional timestep of ``sigma/m``. With ``integer_timesteps`` (for wrappers that
+    index ``alphas_cumprod[t]``, e.g. A1111's v-to-eps conversion) it gets the nearest integer timestep and
+    the input scaling and x0 conversion use that timestep's own sigma (at most half a table step from
+    ``sigma/m``)."""
     tt = _check_inputs(x_t, torch.as_tensor(t), eps)
     if not plan.enabled:
         return eps
@@ -354,10 +361,14 @@ def guide_eps(
     def low(x_low: torch.Tensor, s_low: torch.Tensor) -> torch.Tensor:
         s64 = s_low.detach().double().cpu()
         # fractional timesteps: the UNet's sinusoidal embedding accepts them, as with UniPC
-        t_low = schedule.sigma_to_t(s64.clamp_min(1e-12)).to(device=x_t.device, dtype=torch.float32)
+        t64 = schedule.sigma_to_t(s64.clamp_min(1e-12))
+        if integer_timesteps:
+            t64 = t64.round()
+            s64 = schedule.t_to_sigma(t64)
+        t_low = t64.to(device=x_t.device, dtype=torch.float32)
         sa = (1.0 / (1.0 + s64 * s64)).sqrt().to(device=x_low.device, dtype=x_low.dtype).view(-1, 1, 1, 1)
         e = eps_low(x_low * sa, t_low)
-        return x_low - s_low.to(x_low.dtype).view(-1, 1, 1, 1) * e
+        return x_low - s64.to(device=x_low.device, dtype=x_low.dtype).view(-1, 1, 1, 1) * e
 
     guided = _guide(x, sigma64.to(x.device), denoised, low, plan, 0, sigma64)
     return (x - guided) / sig

@@ -460,7 +460,23 @@ def img2img_sigmas(
     sampler: str, scheduler: str, steps: int, denoising_strength: float, schedule: DiscreteSchedule,
     *, fixed_steps: bool = True, ays_table: str = "sd1",
 ) -> torch.Tensor:
-    """The sigma sequence an img2img or hires pass runs: the tail of the stretched sequence from ``t_enc``."""
+    """The model sigmas an img2img or hires pass evaluates, ending with 0.
+
+    k-diffusion samplers: the tail ``sigmas(total)[total - t_enc - 1:]`` of the stretched sequence.
+    DDIM/PLMS: A1111 keeps the first ``t_enc`` timesteps of ``arange(0, T, T // total) + 1`` and, as in
+    txt2img, evaluates all but the lowest, from the highest down. UniPC: continuous time from
+    ``t_enc``'s timestep / T + 1/T down to 1/T in ``t_enc`` steps."""
+    info, _ = sampler_info(sampler)
     total, t_enc = img2img_steps(steps, denoising_strength, fixed_steps)
+    if info.kind == "timestep":
+        n = schedule.num_timesteps
+        ts = torch.clamp(torch.arange(0, n, max(n // total, 1)) + 1, 0, n - 1)[:t_enc]
+        if info.name == "UniPC":
+            if ts.numel() == 0:
+                return torch.zeros(1, dtype=torch.float64)
+            t_start = float(ts[-1]) / n + 1.0 / n
+            tc = torch.linspace(t_start, 1.0 / n, t_enc + 1, dtype=torch.float64)[:-1]
+            return _append_zero(schedule.t_to_sigma(((tc - 1.0 / n) * n).clamp(0, n - 1)))
+        return _append_zero(schedule.sigmas[ts[1:].flip(0)])
     full = sampler_sigmas(sampler, scheduler, total, schedule, ays_table=ays_table)
     return full[total - t_enc - 1:]

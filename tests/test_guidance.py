@@ -259,3 +259,21 @@ def test_wrapper_counts_calls_per_resolution():
 def test_bad_input_names_the_argument(call, field):
     with pytest.raises(ValueError, match=rf"^{field}:"):
         call()
+
+
+def test_eps_form_with_integer_timesteps_passes_integers_and_stays_close():
+    seen = []
+
+    def eps_model(x_t, t):
+        seen.append(t.clone())
+        return 0.1 * x_t
+
+    t = torch.tensor([700.0])
+    x_t = torch.randn(1, 4, 16, 16, dtype=torch.float64)
+    eps = eps_model(x_t, t)
+    seen.clear()
+    p = plan((2, 2))
+    exact = G.guide_eps(x_t, t, eps, eps_model, p, SD)
+    ints = G.guide_eps(x_t, t, eps, eps_model, p, SD, integer_timesteps=True)
+    assert float(seen[0]) != round(float(seen[0])) and float(seen[1]) == round(float(seen[1]))
+    assert torch.allclose(exact, ints, rtol=0.02, atol=0.02) and not torch.equal(exact, ints)

@@ -143,3 +143,13 @@ def test_ddim_call_count_follows_a1111_timesteps(steps, calls):
     """A1111 1.10.1 evaluates DDIM at arange(0, 1000, 1000 // steps) + 1 minus the lowest entry:
     steps - 1 calls when 1000 is a multiple of steps, otherwise ceil(1000 / (1000 // steps)) - 1."""
     assert S.sampler_sigmas("DDIM", "Automatic", steps, SD).numel() - 1 == calls
+
+
+def test_img2img_timestep_samplers_follow_a1111():
+    # DDIM img2img, 8 steps, strength 0.6, plain img2img arithmetic: t_enc = 4 of timesteps 1, 126, 251, 376, …
+    # A1111 evaluates 376, 251, 126 (the lowest kept timestep is skipped, as in txt2img)
+    s = S.img2img_sigmas("DDIM", "Automatic", 8, 0.6, SD, fixed_steps=False)
+    assert [round(float(v), 6) for v in s[:-1]] == [round(float(SD.sigmas[t]), 6) for t in (376, 251, 126)]
+    assert float(s[-1]) == 0.0
+    u = S.img2img_sigmas("UniPC", "Automatic", 8, 0.6, SD, fixed_steps=False)
+    assert u.numel() == 5 and float(u[0]) == pytest.approx(float(SD.sigmas[376]), rel=1e-6)

@@ -528,7 +528,10 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     t0 = time.perf_counter()
     xs, outs = x_in[:rows], x_out[:rows]
     if timestep:
-        guided = guide_eps(xs, sigma_in[:rows], outs, call, pp.plan, pp.schedule)
+        # A1111's v-to-eps wrapper indexes alphas_cumprod[t]: give the low call integer timesteps there
+        guided = guide_eps(
+            xs, sigma_in[:rows], outs, call, pp.plan, pp.schedule, integer_timesteps=pp.schedule.v_prediction
+        )
     else:
         guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan)
     st.low_seconds += time.perf_counter() - t0
