@@ -308,7 +308,7 @@ def start_webui(
             if process.poll() is not None:
                 raise RuntimeError(f"WebUI exited with {process.returncode} during startup:\n{server.log_tail()}")
             # With the UI, no request may arrive before A1111 has added its API: see UI_READY_LINE.
-            if not ui or UI_READY_LINE in server.log_tail(2000):
+            if not ui or UI_READY_LINE in server.log_tail(1_000_000):
                 try:
                     if server.request("GET", "/sdapi/v1/sd-models", timeout=10)[0] == 200:
                         break
