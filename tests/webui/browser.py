@@ -267,6 +267,7 @@ class UIPage:
         self.page.locator("#txt2img_generate").click()
         expect(info).not_to_have_text(before, timeout=GENERATE_MS)
         expect(info).to_contain_text("Steps: ", timeout=GENERATE_MS)
+        expect(self.page.locator("#txt2img_generate")).to_be_visible(timeout=GENERATE_MS)  # the job is over
         return info.inner_text()
 
     def send_png_to_txt2img(self, png: Path) -> str:
