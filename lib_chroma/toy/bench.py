@@ -13,11 +13,12 @@ Cost columns, relative to plain sampling at the same size in the same run:
 (one guided level with ``a`` active steps of ``N``: ``1 + (a / N) / m²``); ``wall`` = sampling seconds /
 plain's (scoring excluded). Hires and upscale include their native first pass.
 
-Empirical chromatography (:mod:`lib_chroma.empirical`): along the native trajectories, the fraction
-``g_m[i]`` of the final level-m energy present in the step-i x0 prediction; level m settles at the first step
-with ``g_m >= 1/2``. Theory: the first step with ``m² P / (m² P + sigma_i²) >= 1/2`` for ``P = 1`` (the plain
-signal ratio ``r_m``, i.e. ``sigma <= m``) and for ``P = P_m``, the data's per-pixel variance of
-``D_m(x0)`` (``sigma <= m sqrt(P_m)``).
+Empirical chromatography (:mod:`lib_chroma.empirical`): along native trajectories (relative to the data's
+mean image), the fraction ``g_m[i]`` of the final level-m energy present in the step-i x0 prediction (Euler),
+and the projection ``h_m[i]`` of the prediction on the final image (Euler a, see :func:`projected_fraction`);
+level m settles at the first step with fraction ``>= 1/2``. Theory: the first step with
+``m² P / (m² P + sigma_i²) >= 1/2`` for ``P = 1`` (the plain signal ratio ``r_m``, i.e. ``sigma <= m``) and
+for ``P = P_m``, the data's per-pixel variance of ``D_m(x0)`` (``sigma <= m sqrt(P_m)``).
 
 Writes ``bench.json`` and ``bench.md`` to ``--out`` (default ``outputs/bench``) and prints the table.
 """
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 
 from lib_chroma import empirical
+from lib_chroma.guidance import pool, unpool
 from lib_chroma.schedule import sampler_sigmas
 
 from . import data, runs, scorer
@@ -79,34 +81,80 @@ def _cell(name: str, imgs: torch.Tensor, model: runs.CountingModel, wall: float,
     return row
 
 
-def empirical_chromatography(preds: list[torch.Tensor], final: torch.Tensor, steps: int, n_data: int = 512,
-                             seed: int = 7) -> list[dict[str, Any]]:
-    """Per level m: measured settle step (``g_m >= 1/2``) against the theory's with power 1 and ``P_m``.
+def band(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Band m of (…, H, W) images: ``B_m x = D_m x - U D_2 D_m x`` (level m minus its own 2x2 block means, i.e.
+    the content at scale m that level 2m does not hold). White noise of std ``s`` per pixel becomes std
+    ``s / m`` in ``D_m x`` and variance ``(3/4) s² / m²`` in ``B_m x``."""
+    d = pool(x, m, m)
+    return d - unpool(pool(d, 2, 2), 2, 2, (d.shape[-2], d.shape[-1]))
 
-    The toy's data are not zero-mean: every image has a light disc near the centre, so the data's mean image
-    ``mu = E[x0]`` (what the x0 prediction tends to as ``sigma -> inf``) has strong level energy of its own.
-    Predictions, final images and data are taken relative to ``mu`` (estimated from ``n_data`` training
-    images): ``g_m`` then measures the energy of what was generated beyond the mean, and
-    ``P_m = level_power(x0 - mu)``, as in the Gaussian derivation of :mod:`lib_chroma.empirical`."""
+
+def band_power(x0: torch.Tensor, m: int) -> float:
+    """``Q_m``: mean square per pixel of ``B_m x0`` over a batch (the band's signal power)."""
+    return float(band(x0.double(), m).pow(2).mean())
+
+
+def projected_fraction(preds: torch.Tensor, final: torch.Tensor, m: int, use_band: bool = False) -> torch.Tensor:
+    """``h_m[i] = sum_b <D_m p_i,b, D_m p_N,b> / sum_b ||D_m p_N,b||²`` (means per sample and channel removed;
+    ``use_band``: with ``B_m`` in place of ``D_m``).
+
+    The projection of each prediction on the final image. Along a stochastic sampler with an exact model the
+    final image is a posterior sample given ``x_i``, so ``E<p_i, x0> = E||p_i||²``: the same expectation as
+    the energy fraction of :func:`lib_chroma.empirical.generated_fraction` (Gaussian data:
+    ``m² P / (m² P + sigma²)``), but the model's error in ``p_i`` (``sigma`` times its eps error, large early
+    on), being uncorrelated with the final image, averages out instead of adding energy."""
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        x = x.double().flatten(0, -4) if x.dim() > 4 else x.double()
+        d = band(x, m) if use_band else pool(x, m, m)
+        return d - d.mean(dim=(-2, -1), keepdim=True)
+
+    fin = centred(final)
+    denom = fin.pow(2).sum().clamp_min(1e-12)
+    return torch.stack([(centred(pi) * fin).sum() / denom for pi in preds])
+
+
+def empirical_chromatography(
+    preds: list[torch.Tensor], final: torch.Tensor, preds_anc: list[torch.Tensor], final_anc: torch.Tensor,
+    steps: int, n_data: int = 512, seed: int = 7,
+) -> list[dict[str, Any]]:
+    """Per level m: measured settle steps against the theory's with power 1 and ``P_m``.
+
+    ``energy``: :func:`lib_chroma.empirical.generated_fraction` on Euler trajectories (``preds``/``final``);
+    ``projection``: :func:`projected_fraction` on Euler-ancestral trajectories. A level settles at the first
+    step with fraction ``>= 1/2``. The toy's data are not zero-mean (a light disc near the centre of every
+    image), so predictions, finals and data are taken relative to the data's mean image ``mu = E[x0]`` (the
+    x0 prediction as ``sigma -> inf``), and ``P_m = level_power(x0 - mu)``."""
     sig = sampler_sigmas("Euler", "Automatic", steps, runs.toy_schedule())
     x0 = torch.from_numpy(data.make_batch(n_data, seed, data.BASE)[0]).double()
-    mu = x0.mean(dim=0, keepdim=True)  # the data's mean image: the x0 prediction at sigma -> infinity
+    mu = x0.mean(dim=0, keepdim=True)
     x0 = x0 - mu
-    final = final.double() - mu
     p = torch.stack(preds).double() - mu
+    fin = final.double() - mu
+    pa = torch.stack(preds_anc).double() - mu
+    fina = final_anc.double() - mu
     out = []
     for m in LEVELS:
-        g = empirical.generated_fraction(p, final, m)
+        g = empirical.generated_fraction(p, fin, m)
+        h = projected_fraction(pa, fina, m)
+        hb = projected_fraction(pa, fina, m, use_band=True)
         pm = empirical.level_power(x0, m)
-        meas = empirical.settle_step(g)
+        qb = band_power(x0, m)
+        me, mp, mb = empirical.settle_step(g), empirical.settle_step(h), empirical.settle_step(hb)
         t1 = empirical.theory_settle_step(sig, m, 1.0)
         tp = empirical.theory_settle_step(sig, m, pm)
+        # band: signal Q_m against noise (3/4) sigma² / m²  ->  effective power 4 Q_m / 3
+        tb = empirical.theory_settle_step(sig, m, 4 * qb / 3)
         out.append({
-            "level": m, "power": round(pm, 4), "measured_step": meas, "theory_step_p1": t1, "theory_step_pm": tp,
-            "gap_p1": meas - t1, "gap_pm": meas - tp,
-            "sigma_measured": round(float(sig[meas]), 4), "sigma_theory_p1": round(float(m), 4),
-            "sigma_theory_pm": round(m * math.sqrt(pm), 4),
-            "fraction": [round(float(v), 4) for v in g],
+            "level": m, "power": round(pm, 4), "band_power": round(qb, 4), "energy_step": me,
+            "projection_step": mp, "band_step": mb, "theory_step_p1": t1, "theory_step_pm": tp,
+            "theory_step_band": tb, "sigma_band": round(float(sig[mb]), 4),
+            "sigma_theory_band": round(m * math.sqrt(4 * qb / 3), 4),
+            "band_fraction": [round(float(v), 4) for v in hb],
+            "sigma_energy": round(float(sig[me]), 4), "sigma_projection": round(float(sig[mp]), 4),
+            "sigma_theory_p1": round(float(m), 4), "sigma_theory_pm": round(m * math.sqrt(pm), 4),
+            "energy_fraction": [round(float(v), 4) for v in g],
+            "projection_fraction": [round(float(v), 4) for v in h],
+            "theory_fraction_pm": [round(float(v), 4) for v in empirical.theory_fraction(sig, m, pm)],
         })
     return out
 
@@ -223,8 +271,13 @@ def run_bench(
     native_wall = time.time() - t0
     native_cost = (sum(model.calls.values()), model.pixel_evals)
     res["native"] = _cell("native", native, model, native_wall, None)
-    res["empirical"] = empirical_chromatography(preds, native, steps)
-    del preds
+    t0 = time.time()
+    preds_anc: list[torch.Tensor] = []
+    final_anc = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, record=preds_anc,
+                               sampler="euler_ancestral",
+                               progress=lambda k: _progress("native 32x32 Euler a (empirical)", k, n, t0))
+    res["empirical"] = empirical_chromatography(preds, native, preds_anc, final_anc, steps)
+    del preds, preds_anc
     for fname in factors:
         res["factors"][fname] = _factor_cells(
             model, fname, native, native_wall, native_cost, n, steps, seed, batch, scale, q_end, shape, operator,
@@ -253,17 +306,40 @@ def markdown(res: dict[str, Any]) -> str:
             out.append(f"| {fname} {f['size']} | {r['method']} | {_f(r['one_object'])} | {_f(r['proper_face'])} | "
                        f"{_f(r['proper_at_scale'])} | {_f(r['detail'])} | {_f(r['blockiness'])} | "
                        f"{_f(r['rel_calls'])} | {_f(r['rel_pixel_evals'], 3)}{exp} | {_f(r['rel_wall'])} |")
-    out += ["", "Empirical chromatography (native trajectories): settle step = first step with g_m ≥ 1/2 "
-            "(0-based; sigma at that step); theory: first step with sigma ≤ m (P = 1) or sigma ≤ m·sqrt(P_m).", "",
-            "| level m | P_m (data) | measured step (sigma) | theory P=1 step (sigma ≤) | gap | "
-            "theory P_m step (sigma ≤) | gap |", "|---|---|---|---|---|---|---|"]
+    out += ["", "Empirical chromatography (native 32×32 trajectories, relative to the data's mean image): settle "
+            "step = first step (0-based) whose fraction reaches 1/2; energy = lib_chroma.empirical."
+            "generated_fraction on Euler, projection = <D p_i, D p_N>/||D p_N||² on Euler a; theory: first step "
+            "with sigma ≤ m (P = 1) or sigma ≤ m·sqrt(P_m) (P_m: the data's level power).", "",
+            "Band m = D_m x − U D_2 D_m x (scale m minus scale 2m), its power Q_m, theory sigma ≤ m·sqrt(4Q_m/3).",
+            "",
+            "| level m | P_m | energy step (sigma) | projection step (sigma) | theory P=1 step (sigma ≤) | "
+            "theory P_m step (sigma ≤) | projection − theory P_m | Q_m | band step (sigma) | "
+            "band theory step (sigma ≤) | band − theory |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in res["empirical"]:
-        out.append(f"| {e['level']} | {e['power']:.3f} | {e['measured_step']} ({e['sigma_measured']:.2f}) | "
-                   f"{e['theory_step_p1']} ({e['sigma_theory_p1']:.2f}) | {e['gap_p1']:+d} | "
-                   f"{e['theory_step_pm']} ({e['sigma_theory_pm']:.2f}) | {e['gap_pm']:+d} |")
+        out.append(f"| {e['level']} | {e['power']:.3f} | {e['energy_step']} ({e['sigma_energy']:.2f}) | "
+                   f"{e['projection_step']} ({e['sigma_projection']:.2f}) | "
+                   f"{e['theory_step_p1']} ({e['sigma_theory_p1']:.2f}) | "
+                   f"{e['theory_step_pm']} ({e['sigma_theory_pm']:.2f}) | "
+                   f"{e['projection_step'] - e['theory_step_pm']:+d} | {e['band_power']:.3f} | "
+                   f"{e['band_step']} ({e['sigma_band']:.2f}) | {e['theory_step_band']} "
+                   f"({e['sigma_theory_band']:.2f}) | {e['band_step'] - e['theory_step_band']:+d} |")
     out.append("")
     out.append(f"Wall time {res['wall_s']:.0f} s, {c['threads']} torch threads.")
     return "\n".join(out)
+
+
+def _parse_plan(text: str) -> tuple[str, dict[str, Any]]:
+    kw: dict[str, Any] = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        k = k.strip()
+        if k not in ("shape", "q_end", "operator", "scale", "sigma_lo"):
+            raise ValueError(f"plan: unknown key {k!r} in {text!r}")
+        if k == "sigma_lo":  # a sigma window from the start down to sigma_lo
+            kw["window"], kw["window_range"] = "sigma", (1e6, float(v))
+        else:
+            kw[k] = float(v) if k in ("q_end", "scale") else v.strip()
+    return f"plan {text}", kw
 
 
 def bench_main(argv: list[str] | None = None) -> int:
@@ -283,13 +359,17 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ddim", action="store_true", help="skip the DDIM rows")
     p.add_argument("--no-baselines", action="store_true", help="skip the upscale and hires rows")
     p.add_argument("--candidates", action="store_true", help="add the default-tuning candidate rows")
+    p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
+                   help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
+                        "operator=bilinear,scale=1 or shape=constant,sigma_lo=0.5 (repeatable)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     n = args.n or (4 if args.quick else 128)
     steps = args.steps or (10 if args.quick else 40)
-    factors = tuple(args.factors.split(",")) if args.factors else (("2x",) if args.quick else tuple(FACTORS))
+    factors = tuple(f for f in args.factors.split(",") if f and f != "none") if args.factors is not None else (
+        ("2x",) if args.quick else tuple(FACTORS))
     for f in factors:
         if f not in FACTORS:
             raise ValueError(f"factors: unknown {f!r}; allowed: {', '.join(FACTORS)}")
@@ -299,7 +379,8 @@ def bench_main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     res = run_bench(n, steps, factors, args.seed, args.batch, args.scale, args.q_end, args.shape, args.operator,
                     fixed=not args.no_fixed, ddim=not args.no_ddim, weights=args.weights,
-                    extra_plans=candidate_plans(args.scale) if args.candidates else None,
+                    extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
+                                 **dict(_parse_plan(t) for t in args.plan)},
                     baselines=not args.no_baselines)
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)

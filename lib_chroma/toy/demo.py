@@ -1,8 +1,9 @@
 """The embedded demo: ``python -m lib_chroma demo`` (``./dev.sh demo``), no arguments needed.
 
 Samples the toy model with the same seeds in every row: native 32x32, plain 2x (64x64), A1111's hires fix 2x
-at its default strength 0.7 and at the chromatography strength (:func:`lib_chroma.toy.runs.hires_chroma_strength`,
-level 2 kept 90 %), upsample guidance 2x and nested guidance 4x (128x128). Writes to ``outputs/demo/``:
+at its default strength 0.7 and at the chromatography strength
+(:func:`lib_chroma.toy.runs.hires_chroma_strength`, level 2 kept 90 %: the WebUI preview's suggestion),
+upsample guidance 2x and nested guidance 4x (128x128). Writes to ``outputs/demo/``:
 
 - ``grid.png``: the labelled comparison grid (rows = methods, columns = seeds; each cell shown at 128x128),
 - ``chromatogram.png``: the curve figure (:mod:`lib_chroma.plots`) of the 2x guided run,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,6 @@ class Progress:
         self.done += n
         k = int(self.width * self.done / self.total)
         el = time.time() - self.t0
-        import sys
-
         sys.stderr.write(f"\r[{'#' * k}{'.' * (self.width - k)}] {self.done}/{self.total} {label:<28} {el:5.0f}s")
         if self.done >= self.total:
             sys.stderr.write("\n")
@@ -84,8 +84,8 @@ def _fmt_table(table: list[dict[str, Any]]) -> str:
 def demo_main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m lib_chroma demo", description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=6, help="samples (seeds seed..seed+n-1) per row")
-    p.add_argument("--steps", type=int, default=30, help="sampling steps (Euler); hires second pass too")
+    p.add_argument("--n", type=int, default=5, help="samples (seeds seed..seed+n-1) per row")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (Euler); hires second pass too")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
