@@ -163,6 +163,8 @@ class GuidancePlan:
     full-resolution sigma: weight ``w`` inside ``[sigma_lo, sigma_hi]`` for shape ``constant``; for shape
     ``fade`` the weight of a level with cumulative factor M is ``w · clamp((q_end - r_M(sigma)) / (q_end - 1/2),
     0, 1)`` inside the window (full until level M is half generated, zero once it is q_end generated).
+    ``power``: the data's signal power per pooled pixel P, which makes the ratio ``M² P / (M² P + sigma²)``;
+    SD latents are scaled to unit variance (P = 1); other data (e.g. the toy's pixels) state theirs.
     """
 
     levels: tuple[Factor, ...]
@@ -172,6 +174,7 @@ class GuidancePlan:
     shape: str = "fade"
     q_end: float = 0.9
     operator: str = "nearest"
+    power: float = 1.0
     cumulative: tuple[float, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -185,6 +188,9 @@ class GuidancePlan:
         check_choice("shape", self.shape, SHAPES)
         check_number("q_end", self.q_end, 0.5 + 1e-6, 1.0 - 1e-9)
         check_choice("operator", self.operator, OPERATORS)
+        check_number("power", self.power, 1e-6, 1e6)
+        if self.power <= 0:
+            raise ValueError(f"power: must be > 0, got {self.power}")
         cum, acc = [], 1.0
         for mh, mw in self.levels:
             acc *= math.sqrt(mh * mw)
@@ -201,7 +207,7 @@ class GuidancePlan:
             return 0.0
         if self.shape == "constant":
             return float(self.scale)
-        r = float(signal_ratio(sigma, self.cumulative[level]))
+        r = float(signal_ratio(sigma / math.sqrt(self.power), self.cumulative[level]))
         return float(self.scale) * min(1.0, max(0.0, (self.q_end - r) / (self.q_end - 0.5)))
 
     def active(self, sigma: float) -> bool:
@@ -231,6 +237,7 @@ class GuidancePlan:
         q_end: float = 0.9,
         operator: str = "nearest",
         nested: bool = True,
+        power: float = 1.0,
     ) -> GuidancePlan:
         """Make a plan from user-facing settings.
 
@@ -254,11 +261,11 @@ class GuidancePlan:
             n = s.numel() - 1
             steps = [i for i in range(n) if f0 <= i / n < f1 or (f1 == 1.0 and i == n - 1 and f0 <= i / n)]
             if not steps:
-                return cls((), scale, shape=shape, q_end=q_end, operator=operator)
+                return cls((), scale, shape=shape, q_end=q_end, operator=operator, power=power)
             hi, lo = float(s[steps[0]]), float(s[steps[-1]])
             # with fractions the user asked for these exact steps: a constant weight, no fade
             shape = "constant"
-        return cls(levels, float(scale), hi, lo, shape, q_end, operator)
+        return cls(levels, float(scale), hi, lo, shape, q_end, operator, power)
 
 
 # --------------------------------------------------------------------------------------------------------------

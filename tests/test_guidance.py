@@ -277,3 +277,12 @@ def test_eps_form_with_integer_timesteps_passes_integers_and_stays_close():
     ints = G.guide_eps(x_t, t, eps, eps_model, p, SD, integer_timesteps=True)
     assert float(seen[0]) != round(float(seen[0])) and float(seen[1]) == round(float(seen[1]))
     assert torch.allclose(exact, ints, rtol=0.02, atol=0.02) and not torch.equal(exact, ints)
+
+
+def test_signal_power_shifts_the_window_to_lower_sigma():
+    unit = G.GuidancePlan.build((2, 2))
+    weak = G.GuidancePlan.build((2, 2), power=0.25)  # r = 4·0.25/(4·0.25 + s²): level 2 half done at sigma 1
+    assert unit.weight(0, 1.5) < 1.0 and weak.weight(0, 1.0) == pytest.approx(1.0)
+    assert weak.weight(0, 0.5) > 0.0 == unit.weight(0, 0.5)
+    with pytest.raises(ValueError, match="^power:"):
+        G.GuidancePlan.build((2, 2), power=0.0)
