@@ -111,3 +111,20 @@ def test_guidance_beats_plain_by_30_points_at_2x(model: runs.CountingModel) -> N
     plain = scorer.score_batch(runs.run_kdiff(model, n, 64, 64, steps, seed=500))
     guided = scorer.score_batch(runs.run_kdiff(model, n, 64, 64, steps, seed=500, plan=runs.make_plan((2, 2), steps)))
     assert guided["proper_face"] >= plain["proper_face"] + 0.30, (plain, guided)
+
+
+def test_projected_fraction_and_band() -> None:
+    from lib_chroma.toy.bench import band, projected_fraction
+
+    g = torch.Generator().manual_seed(0)
+    final = torch.randn(4, 3, 32, 32, generator=g)
+    preds = torch.stack([0.25 * final, 0.5 * final, final])
+    h = projected_fraction(preds, final, 2)
+    assert torch.allclose(h, torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64), atol=1e-9)
+    # noise uncorrelated with the final image averages out of the projection
+    noisy = preds + 3.0 * torch.randn(preds.shape, generator=g)
+    assert torch.allclose(projected_fraction(noisy, final, 1), h, atol=0.1)
+    # band m holds nothing that is constant on 2m x 2m blocks
+    coarse = torch.randn(2, 3, 8, 8, generator=g).repeat_interleave(4, -2).repeat_interleave(4, -1)
+    assert float(band(coarse, 2).abs().max()) < 1e-6
+    assert float(band(final, 2).pow(2).mean()) > 0.1

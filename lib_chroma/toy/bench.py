@@ -63,12 +63,20 @@ def candidate_plans(scale: float = 1.0) -> dict[str, dict[str, Any]]:
     }
 
 
-def _progress(label: str, done: int, total: int, t0: float) -> None:
-    k = int(30 * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * k}{'.' * (30 - k)}] {done}/{total} {label:<34} {time.time() - t0:6.0f}s")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _Progress:
+    """Text progress bar on stderr for one cell; called with the number of samples just finished."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self.t0 = label, max(total, 1), 0, time.time()
+
+    def __call__(self, k: int) -> None:
+        self.done += k
+        bar = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * bar}{'.' * (30 - bar)}] {self.done}/{self.total} {self.label:<34} "
+                         f"{time.time() - self.t0:6.0f}s")
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def _cell(name: str, imgs: torch.Tensor, model: runs.CountingModel, wall: float, grid: str | None) -> dict:
@@ -176,7 +184,7 @@ def _factor_cells(
     def timed(label: str, fn: Any) -> tuple[torch.Tensor, float]:
         model.reset()
         t0 = time.time()
-        imgs = fn(lambda k: _progress(f"{fname} {label}", k, n, t0))
+        imgs = fn(_Progress(f"{fname} {label}", n))
         return imgs, time.time() - t0
 
     imgs, wall = timed("plain", lambda pr: runs.run_kdiff(model, n, h, w, steps, seed, batch=bsz, progress=pr))
@@ -267,15 +275,14 @@ def run_bench(
     t0 = time.time()
     preds: list[torch.Tensor] = []
     native = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, record=preds,
-                            progress=lambda k: _progress("native 32x32", k, n, t0))
+                            progress=_Progress("native 32x32", n))
     native_wall = time.time() - t0
     native_cost = (sum(model.calls.values()), model.pixel_evals)
     res["native"] = _cell("native", native, model, native_wall, None)
-    t0 = time.time()
     preds_anc: list[torch.Tensor] = []
     final_anc = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, record=preds_anc,
                                sampler="euler_ancestral",
-                               progress=lambda k: _progress("native 32x32 Euler a (empirical)", k, n, t0))
+                               progress=_Progress("native 32x32 Euler a (empirical)", n))
     res["empirical"] = empirical_chromatography(preds, native, preds_anc, final_anc, steps)
     del preds, preds_anc
     for fname in factors:
