@@ -7,7 +7,9 @@
         ["txt2img", "img2img"].forEach(function (tab) {
             var prefix = "script_" + tab + "_resolution_chromatography_";
             var app = gradioApp();
-            var readout = app.getElementById(prefix + "readout");
+            // the inner .prose element: the outer block also holds gradio's progress overlay text
+            var readout = app.querySelector("#" + prefix + "readout.prose") ||
+                app.querySelector("#" + prefix + "readout .prose") || app.getElementById(prefix + "readout");
             var acc = app.getElementById(prefix + "enabled");
             if (!readout || !acc) return;
             var label = acc.querySelector(".label-wrap");

@@ -174,7 +174,7 @@ def test_one_batched_low_res_call_per_guided_step(web):
     assert len(full) == 8 and len(low) == 4  # 8 steps, guided during the first half only
     assert all(s[0] == 4 for s in low)  # cond and uncond rows of both images in one call
     assert sizes[:2] == [(4, 4, 128, 128), (4, 4, 64, 64)]
-    assert p.extra_generation_params["RC guided steps"] == "0-3/8"
+    assert p.extra_generation_params["RC guided steps"] == "1-4/8"  # 1-based, as the readout
     assert p.extra_generation_params["RC scale"] == "1"
 
 
@@ -374,14 +374,15 @@ def test_timestep_sampler_uses_eps_form(web):
     torch.testing.assert_close(got["x"], expected)
 
 
-def test_failure_finishes_unguided_with_one_warning(web, capsys):
+def test_failure_finishes_unguided_with_one_warning(web, caplog):
     inner = Inner(fail_below=128)
     p = make_p(web)
     run(web, p, [{"shape": "constant"}], inner, size=(128, 128))
     low = [s for s in inner.sizes() if s[-1] == 64]
     assert len(low) == 1  # tried once, then unguided
     assert "low-resolution call failed" in p.extra_generation_params["RC error"]
-    assert capsys.readouterr().out.count("Resolution Chromatography:") == 1
+    warnings = [r for r in caplog.records if "Resolution Chromatography:" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
     assert not web.script_callbacks.errors  # never raised into the sampler
 
 

@@ -217,7 +217,6 @@ def _default_preset() -> str:
 def _warn(p: Any, message: str) -> None:
     text = f"Resolution Chromatography: {message}"
     log.warning(text)
-    print(text)
     try:
         p.extra_generation_params["RC error"] = message
     except (AttributeError, TypeError):
@@ -302,7 +301,10 @@ def on_before_sampling(p: Any, x: torch.Tensor) -> None:
     win = plan.window_steps(sigmas) if sigmas else None
     if not hires and sigmas:
         n = len(sigmas) - 1
-        p.extra_generation_params["RC guided steps"] = "none" if win is None else f"{win[0]}-{win[1]}/{n}"
+        p.extra_generation_params["RC guided steps"] = (
+            # user-facing: 1-based, inclusive, as in the accordion's readout
+            "none" if win is None else f"{win[0] + 1}-{win[1] + 1}/{n}"
+        )
     if st.debug is not None:
         st.debug["passes"].append(
             {
@@ -349,7 +351,8 @@ def on_process_batch(p: Any) -> None:
                     hr[i] = render_switch(*_split(s, text), None)
                 elif s.prompt_mode == "fields" and s.detail_prompt and text in getattr(p, "all_prompts", []):
                     hr[i] = render_switch(text, s.detail_prompt, None)
-        p.extra_generation_params["RC switch step"] = f"{step}/{n}"
+        # user-facing, 1-based: the first step that uses the detail prompt
+        p.extra_generation_params["RC switch step"] = f"{step + 1}/{n}"
         if st.debug is not None:
             st.debug["prompts"].append(
                 {

@@ -71,7 +71,7 @@ def preview(
         rep["switch"] = {**sw, "step": None}
         info = "Time-dependent prompts are off."
     else:
-        info = f"Prompt switch: step {sw['step']} of {n}" + (
+        info = f"Detail prompt from step {sw['step'] + 1} of {n}" + (
             f" (when `{sw['fraction']}`)" if sw["fraction"] else ""
         )
     return readout, curves_svg(rep), info

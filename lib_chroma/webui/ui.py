@@ -250,8 +250,10 @@ def _visibility(comps: dict[str, Any]) -> None:
         for n in names:
             comps[n].visible = default in targets[n]
 
-        def show(value: str, names: list[str] = names, targets: dict = targets) -> list[Any]:
-            return [gr.update(visible=value in targets[n]) for n in names]
+        def show(value: str, names: list[str] = names, targets: dict = targets) -> Any:
+            ups = [gr.update(visible=value in targets[n]) for n in names]
+            # gradio 3.41 takes a returned list as the value of a single output: return one update then
+            return ups[0] if len(ups) == 1 else ups
 
         comps[chooser].change(show, [comps[chooser]], [comps[n] for n in names], show_progress=False)
 

@@ -120,8 +120,8 @@ def test_auto_window_guides_a_prefix_of_the_steps(guided: Guided) -> None:
     assert match, infotext(body)
     first, last, n = map(int, match.groups())
     per_call = [c["low_calls"] for c in record["calls"]]
-    assert n == STEPS and first == 0
-    assert per_call == [1] * (last + 1) + [0] * (STEPS - last - 1)
+    assert n == STEPS and first == 1  # 1-based, inclusive
+    assert per_call == [1] * last + [0] * (STEPS - last)
 
 
 def test_four_times_nests_two_levels(guided: Guided) -> None:
@@ -218,7 +218,7 @@ def test_prompt_switches_at_the_computed_step(guided: Guided, sampler: str) -> N
     record = only_record(records)
     match = re.search(r"RC switch step: (\d+)/(\d+)", infotext(body))
     assert match, infotext(body)
-    step = int(match.group(1))
+    step = int(match.group(1)) - 1  # the infotext is 1-based, the debug record 0-based
     assert 0 < step < STEPS
     assert record["prompts"][0]["switch_step"] == step
     assert [c["call"] for c in record["cond_changes"]] == [step]
