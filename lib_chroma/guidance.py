@@ -57,7 +57,7 @@ Factor = tuple[int, int]
 LowDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 WINDOW_MODES = ("auto", "sigma", "fraction")
-SHAPES = ("fade", "constant")
+SHAPES = ("fade", "hold", "constant")
 OPERATORS = ("nearest", "bilinear")
 
 
@@ -162,7 +162,8 @@ class GuidancePlan:
     ``levels``: per-level factors, finest first (see :func:`factor_levels`). ``scale``: w. The window is on the
     full-resolution sigma: weight ``w`` inside ``[sigma_lo, sigma_hi]`` for shape ``constant``; for shape
     ``fade`` the weight of a level with cumulative factor M is ``w · clamp((q_end - r_M(sigma)) / (q_end - 1/2),
-    0, 1)`` inside the window (full until level M is half generated, zero once it is q_end generated).
+    0, 1)`` inside the window (full until level M is half generated, zero once it is q_end generated); for shape
+    ``hold`` it is ``w`` until level M is q_end generated and zero after.
     ``power``: the data's signal power per pooled pixel P, which makes the ratio ``M² P / (M² P + sigma²)``;
     SD latents are scaled to unit variance (P = 1); other data (e.g. the toy's pixels) state theirs.
     """
@@ -208,6 +209,8 @@ class GuidancePlan:
         if self.shape == "constant":
             return float(self.scale)
         r = float(signal_ratio(sigma / math.sqrt(self.power), self.cumulative[level]))
+        if self.shape == "hold":
+            return float(self.scale) if r < self.q_end else 0.0
         return float(self.scale) * min(1.0, max(0.0, (self.q_end - r) / (self.q_end - 0.5)))
 
     def active(self, sigma: float) -> bool:

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from lib_chroma.guidance import OPERATORS, SHAPES, WINDOW_MODES
+
 __all__ = [
     "FieldSpec",
     "FIELDS",
@@ -83,9 +85,9 @@ class FieldSpec:
 
 
 PRESET_CHOICES: tuple[str, ...] = ("Auto", "SD1.5", "SD2.x", "SDXL")
-WINDOW_CHOICES: tuple[str, ...] = ("auto", "sigma", "fraction")
-SHAPE_CHOICES: tuple[str, ...] = ("fade", "constant")
-OPERATOR_CHOICES: tuple[str, ...] = ("nearest", "bilinear")
+WINDOW_CHOICES: tuple[str, ...] = WINDOW_MODES
+SHAPE_CHOICES: tuple[str, ...] = SHAPES
+OPERATOR_CHOICES: tuple[str, ...] = OPERATORS
 PASS_CHOICES: tuple[str, ...] = ("first", "hires", "both")
 PROMPT_MODE_CHOICES: tuple[str, ...] = ("off", "fields", "marker")
 
@@ -202,16 +204,17 @@ FIELDS: tuple[FieldSpec, ...] = (
         "fade",
         "Weight shape",
         "RC shape",
-        "fade: weight fades out as the guided level completes; constant: w throughout the window.",
+        "fade: weight fades out as the guided level completes; hold: full weight until the guided level is "
+        "q_end generated, then off; constant: w throughout the window.",
         choices=SHAPE_CHOICES,
     ),
     FieldSpec(
         "q_end",
         "float",
         0.9,
-        "Fade end (q)",
+        "Guided level done at (q)",
         "RC shape",
-        "Fade shape: the weight reaches 0 when the guided level is this fraction generated.",
+        "fade/hold: the weight is 0 once the guided level is this fraction generated (r_m >= q).",
         0.55,
         0.99,
         0.01,
@@ -502,7 +505,7 @@ class RCSettings:
             "RC scale": _num(self.scale),
             "RC factor": _encode_factor(self.factor_h, self.factor_w),
             "RC window": _encode_window(self),
-            "RC shape": f"fade {_num(self.q_end)}" if self.shape == "fade" else "constant",
+            "RC shape": "constant" if self.shape == "constant" else f"{self.shape} {_num(self.q_end)}",
             "RC operator": self.operator,
             "RC nested": "true" if self.nested else "false",
             "RC passes": self.passes,

@@ -286,3 +286,11 @@ def test_signal_power_shifts_the_window_to_lower_sigma():
     assert weak.weight(0, 0.5) > 0.0 == unit.weight(0, 0.5)
     with pytest.raises(ValueError, match="^power:"):
         G.GuidancePlan.build((2, 2), power=0.0)
+
+
+def test_hold_shape_keeps_full_weight_until_q_end():
+    p = G.GuidancePlan.build((2, 2), shape="hold", q_end=0.94)
+    edge = 2 * math.sqrt(0.06 / 0.94)  # r_2 = 0.94
+    assert p.weight(0, 1.0) == 1.0 and p.weight(0, edge * 1.01) == 1.0 and p.weight(0, edge * 0.99) == 0.0
+    p4 = G.GuidancePlan.build((4, 4), shape="hold", q_end=0.94)
+    assert p4.weight(0, 0.8) == 1.0 and p4.weight(1, 0.8) == 0.0  # the coarser level is done sooner

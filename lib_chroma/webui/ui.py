@@ -231,7 +231,7 @@ _SHOWN_BY = {
         "window_start": ("fraction",),
         "window_end": ("fraction",),
     },
-    "shape": {"q_end": ("fade",)},
+    "shape": {"q_end": ("fade", "hold")},
     "prompt_mode": {
         "layout_prompt": ("fields",),
         "detail_prompt": ("fields",),
