@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lib_chroma import chromatography as chroma
-from lib_chroma.guidance import GuidancePlan, auto_factor
+from lib_chroma.guidance import DEFAULT_Q_END, DEFAULT_SCALE, DEFAULT_SHAPE, GuidancePlan, auto_factor
 from lib_chroma.prompts import DEFAULT_SWITCH_LEVEL, DEFAULT_SWITCH_Q, realized_switch, switch_step, when_fraction
 from lib_chroma.schedule import MODEL_FAMILIES, model_schedule, sampler_info, sampler_sigmas
 from lib_chroma.validation import check_choice, check_int, check_number
@@ -30,11 +30,11 @@ def curves_report(
     levels: Sequence[int] = chroma.DEFAULT_LEVELS,
     *,
     factor: tuple[int, int] | None = None,
-    scale: float = 1.0,
+    scale: float = DEFAULT_SCALE,
     window: str = "auto",
     window_range: tuple[float, float] | None = None,
-    shape: str = "fade",
-    q_end: float = 0.9,
+    shape: str = DEFAULT_SHAPE,
+    q_end: float = DEFAULT_Q_END,
     nested: bool = True,
     switch_level: float = DEFAULT_SWITCH_LEVEL,
     switch_q: float = DEFAULT_SWITCH_Q,

@@ -22,7 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from lib_chroma.guidance import OPERATORS, SHAPES, WINDOW_MODES
+from lib_chroma.guidance import (
+    DEFAULT_OPERATOR,
+    DEFAULT_Q_END,
+    DEFAULT_SCALE,
+    DEFAULT_SHAPE,
+    OPERATORS,
+    SHAPES,
+    WINDOW_MODES,
+)
 
 __all__ = [
     "FieldSpec",
@@ -113,7 +121,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "scale",
         "float",
-        1.0,
+        DEFAULT_SCALE,
         "Guidance scale",
         "RC scale",
         "w in denoised + w·U(denoised_low − D(denoised)); 0 = no guidance, 1 = the paper's rule.",
@@ -201,7 +209,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "shape",
         "choice",
-        "fade",
+        DEFAULT_SHAPE,
         "Weight shape",
         "RC shape",
         "fade: weight fades out as the guided level completes; hold: full weight until the guided level is "
@@ -211,7 +219,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "q_end",
         "float",
-        0.9,
+        DEFAULT_Q_END,
         "Guided level done at (q)",
         "RC shape",
         "fade/hold: the weight is 0 once the guided level is this fraction generated (r_m >= q).",
@@ -222,7 +230,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "operator",
         "choice",
-        "nearest",
+        DEFAULT_OPERATOR,
         "Upsampling",
         "RC operator",
         "U: nearest (exact, blocky corrections) or bilinear (smoother).",
@@ -315,34 +323,20 @@ INFOTEXT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(f.infotext for f in FIELDS 
 )
 
 #: Presets per model family: starting values for fields (others keep their defaults).
+_GUIDANCE_DEFAULTS: dict[str, Any] = {
+    "scale": DEFAULT_SCALE,
+    "window": "auto",
+    "shape": DEFAULT_SHAPE,
+    "q_end": DEFAULT_Q_END,
+    "operator": DEFAULT_OPERATOR,
+    "switch_q": 0.5,
+}
+# Same guidance for every family until it is measured per family (only the toy model was measured here);
+# SDXL's native latent is twice SD1's, so its layout switch is one level coarser.
 PRESETS: dict[str, dict[str, Any]] = {
-    "SD1.5": {
-        "scale": 1.0,
-        "window": "auto",
-        "shape": "fade",
-        "q_end": 0.9,
-        "operator": "nearest",
-        "switch_level": 4,
-        "switch_q": 0.5,
-    },
-    "SD2.x": {
-        "scale": 1.0,
-        "window": "auto",
-        "shape": "fade",
-        "q_end": 0.9,
-        "operator": "nearest",
-        "switch_level": 4,
-        "switch_q": 0.5,
-    },
-    "SDXL": {
-        "scale": 0.8,
-        "window": "auto",
-        "shape": "fade",
-        "q_end": 0.9,
-        "operator": "bilinear",
-        "switch_level": 8,
-        "switch_q": 0.5,
-    },
+    "SD1.5": {**_GUIDANCE_DEFAULTS, "switch_level": 4},
+    "SD2.x": {**_GUIDANCE_DEFAULTS, "switch_level": 4},
+    "SDXL": {**_GUIDANCE_DEFAULTS, "switch_level": 8},
 }
 
 #: Model family (``lib_chroma.schedule.MODEL_FAMILIES`` key) to preset name.
@@ -428,7 +422,7 @@ class RCSettings:
 
     enabled: bool = False
     preset: str = "Auto"
-    scale: float = 1.0
+    scale: float = DEFAULT_SCALE
     factor_h: int = 0
     factor_w: int = 0
     window: str = "auto"
@@ -436,9 +430,9 @@ class RCSettings:
     window_sigma_lo: float = 0.0
     window_start: float = 0.0
     window_end: float = 1.0
-    shape: str = "fade"
-    q_end: float = 0.9
-    operator: str = "nearest"
+    shape: str = DEFAULT_SHAPE
+    q_end: float = DEFAULT_Q_END
+    operator: str = DEFAULT_OPERATOR
     nested: bool = True
     passes: str = "first"
     prompt_mode: str = "off"

@@ -175,7 +175,7 @@ def test_one_batched_low_res_call_per_guided_step(web):
     assert all(s[0] == 4 for s in low)  # cond and uncond rows of both images in one call
     assert sizes[:2] == [(4, 4, 128, 128), (4, 4, 64, 64)]
     assert p.extra_generation_params["RC guided steps"] == "1-4/8"  # 1-based, as the readout
-    assert p.extra_generation_params["RC scale"] == "1"
+    assert p.extra_generation_params["RC scale"] == "1.25"
 
 
 def test_guided_output_matches_the_core(web):
@@ -359,7 +359,7 @@ def test_timestep_sampler_uses_eps_form(web):
     t = torch.tensor([501.0])
     den.forward(x, t, torch.zeros(1, 5, 1, 1))
     sched = DiscreteSchedule(web.shared.sd_model.alphas_cumprod)
-    plan = GuidancePlan.build((2, 2), shape="constant")
+    plan = GuidancePlan.build((2, 2), shape="constant", scale=1.0)
     ca = torch.cat([c, u])
     n_calls = len(inner.calls)
     expected = guide_eps(

@@ -169,14 +169,14 @@ def test_one_call_per_level_nested_and_none_outside_window():
 
 
 def test_auto_window_fades_with_the_chromatogram():
-    p = G.GuidancePlan.build((2, 2), scale=1.0)  # auto, fade, q_end 0.9
+    p = G.GuidancePlan.build((2, 2), scale=1.0, shape="fade", q_end=0.9)
     assert p.weight(0, 10.0) == 1.0 and p.weight(0, 2.0) == pytest.approx(1.0)  # until r_2 = 1/2 at sigma 2
     assert 0 < p.weight(0, 1.0) < 1.0
     assert p.weight(0, 0.6) == 0.0  # r_2(0.6) = 0.917 > 0.9
     first, last = p.window_steps(SIGMAS)
     assert first == 0 and float(SIGMAS[last]) > 2 * math.sqrt(0.1 / 0.9) >= float(SIGMAS[last + 1])
     # nested: the coarser level settles first, so its window closes earlier
-    p4 = G.GuidancePlan.build((4, 4), scale=1.0)
+    p4 = G.GuidancePlan.build((4, 4), scale=1.0, shape="fade", q_end=0.9)
     assert p4.weight(1, 1.5) < p4.weight(0, 1.5)
 
 
@@ -280,8 +280,9 @@ def test_eps_form_with_integer_timesteps_passes_integers_and_stays_close():
 
 
 def test_signal_power_shifts_the_window_to_lower_sigma():
-    unit = G.GuidancePlan.build((2, 2))
-    weak = G.GuidancePlan.build((2, 2), power=0.25)  # r = 4·0.25/(4·0.25 + s²): level 2 half done at sigma 1
+    unit = G.GuidancePlan.build((2, 2), scale=1.0, shape="fade", q_end=0.9)
+    # r = 4·0.25 / (4·0.25 + s²): level 2 is half done at sigma 1
+    weak = G.GuidancePlan.build((2, 2), scale=1.0, shape="fade", q_end=0.9, power=0.25)
     assert unit.weight(0, 1.5) < 1.0 and weak.weight(0, 1.0) == pytest.approx(1.0)
     assert weak.weight(0, 0.5) > 0.0 == unit.weight(0, 0.5)
     with pytest.raises(ValueError, match="^power:"):
@@ -289,8 +290,8 @@ def test_signal_power_shifts_the_window_to_lower_sigma():
 
 
 def test_hold_shape_keeps_full_weight_until_q_end():
-    p = G.GuidancePlan.build((2, 2), shape="hold", q_end=0.94)
+    p = G.GuidancePlan.build((2, 2), shape="hold", q_end=0.94, scale=1.0)
     edge = 2 * math.sqrt(0.06 / 0.94)  # r_2 = 0.94
     assert p.weight(0, 1.0) == 1.0 and p.weight(0, edge * 1.01) == 1.0 and p.weight(0, edge * 0.99) == 0.0
-    p4 = G.GuidancePlan.build((4, 4), shape="hold", q_end=0.94)
+    p4 = G.GuidancePlan.build((4, 4), shape="hold", q_end=0.94, scale=1.0)
     assert p4.weight(0, 0.8) == 1.0 and p4.weight(1, 0.8) == 0.0  # the coarser level is done sooner

@@ -182,5 +182,5 @@ def test_dict_and_positional_agree(vals):
 
 def test_default_preset_from_the_settings_section():
     assert S.from_dict({}, family="sd1", default_preset="SDXL").scale == S.PRESETS["SDXL"]["scale"]
-    assert S.from_dict({"preset": "SD1.5"}, family="sdxl", default_preset="SDXL").scale == 1.0
+    assert S.from_dict({"preset": "SD1.5"}, family="sdxl", default_preset="SDXL").switch_level == 4
     assert S.from_args([{}], family="sd1", default_preset="SDXL").switch_level == 8
