@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from lib_chroma import empirical
+from lib_chroma import guidance as G
 from lib_chroma.guidance import pool, unpool
 from lib_chroma.schedule import sampler_sigmas
 
@@ -251,10 +252,10 @@ def run_bench(
     factors: tuple[str, ...] = ("2x", "3x", "4x"),
     seed: int = 1000,
     batch: int = 32,
-    scale: float = 1.0,
-    q_end: float = 0.9,
-    shape: str = "fade",
-    operator: str = "nearest",
+    scale: float = G.DEFAULT_SCALE,
+    q_end: float = G.DEFAULT_Q_END,
+    shape: str = G.DEFAULT_SHAPE,
+    operator: str = G.DEFAULT_OPERATOR,
     fixed: bool = True,
     ddim: bool = True,
     weights: Path | None = None,
@@ -358,10 +359,11 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", default=None, help="comma-separated of 2x,3x,4x (default all; quick 2x)")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--q-end", type=float, default=0.9)
-    p.add_argument("--shape", default="fade")
-    p.add_argument("--operator", default="nearest")
+    # the library's defaults (what the WebUI and the demo use)
+    p.add_argument("--scale", type=float, default=G.DEFAULT_SCALE)
+    p.add_argument("--q-end", type=float, default=G.DEFAULT_Q_END)
+    p.add_argument("--shape", default=G.DEFAULT_SHAPE)
+    p.add_argument("--operator", default=G.DEFAULT_OPERATOR)
     p.add_argument("--no-fixed", action="store_true", help="skip the fixed-window guidance rows")
     p.add_argument("--no-ddim", action="store_true", help="skip the DDIM rows")
     p.add_argument("--no-baselines", action="store_true", help="skip the upscale and hires rows")
