@@ -179,7 +179,7 @@ def test_hires_fix_passes(guided: Guided, passes: str) -> None:
 def test_positional_and_dict_forms_agree(guided: Guided) -> None:
     """The positional list (ui() order: enabled, preset, scale, factor_h, factor_w) equals the dict form."""
     positional, _ = guided.run([True, "Auto", 1.0, 2, 2])
-    named, _ = guided.run({"enabled": True, "factor_h": 2, "factor_w": 2})
+    named, _ = guided.run({"enabled": True, "scale": 1.0, "factor_h": 2, "factor_w": 2})
     assert positional["images"] == named["images"]
     assert positional["info"]["infotexts"] == named["info"]["infotexts"]
 
