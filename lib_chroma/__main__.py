@@ -94,15 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             fn = getattr(importlib.import_module(mod_name), func)
         except (ImportError, AttributeError) as exc:
-            if argv[0] != "demo":
-                print(f"error: '{argv[0]}' is not available: {exc}", file=sys.stderr)
-                return 2
-            # without the toy model, the demo is the curve figure of a 2x SD1.5 run
-            import os
-
-            os.makedirs("outputs/demo", exist_ok=True)
-            print(f"(toy model not available: {exc}; showing the chromatogram only)", file=sys.stderr)
-            return main(["curves", "--png", "outputs/demo/chromatogram.png"])
+            print(f"error: '{argv[0]}' is not available: {exc}", file=sys.stderr)
+            return 2
         try:
             return int(fn(argv[1:]) or 0)
         except ValueError as exc:

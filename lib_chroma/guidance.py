@@ -203,8 +203,6 @@ class GuidancePlan:
         check_number("q_end", self.q_end, 0.5 + 1e-6, 1.0 - 1e-9)
         check_choice("operator", self.operator, OPERATORS)
         check_number("power", self.power, 1e-6, 1e6)
-        if self.power <= 0:
-            raise ValueError(f"power: must be > 0, got {self.power}")
         cum, acc = [], 1.0
         for mh, mw in self.levels:
             acc *= math.sqrt(mh * mw)

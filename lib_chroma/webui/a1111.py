@@ -476,20 +476,19 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     full_sigma = (
         pp.schedule.t_to_sigma(sig_rows.clamp(0, pp.schedule.num_timesteps - 1)) if timestep else sig_rows
     )
-    weights = [pp.plan.weight(k, float(full_sigma.max())) for k in range(len(pp.plan.levels))]
     record = None
     if st.debug is not None:
         record = {
             "pass": "hires" if pp.hires else "first",
             "call": int(getattr(den, "step", -1)),
             "sigma": float(full_sigma[0]),
-            "weights": weights,
+            "weights": [pp.plan.weight(k, float(full_sigma.max())) for k in range(len(pp.plan.levels))],
             "low_calls": 0,
         }
         if timestep:
             record["t"] = float(sig_rows[0])
         st.debug["calls"].append(record)
-    if not any(pp.plan.weight(0, float(s)) != 0 for s in full_sigma):
+    if not any(pp.plan.active(float(s)) for s in full_sigma):
         return
     n, b = cond_len(tensor), cond_len(uncond)
     if x_in.shape[0] != n + b or x_out.shape[0] != n + b:  # e.g. InstructPix2Pix with image CFG (3 blocks)
