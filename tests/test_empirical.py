@@ -49,3 +49,18 @@ def test_generated_fraction_follows_power_corrected_theory(sampler_fn):
 def test_bad_input():
     with pytest.raises(ValueError, match="^preds:"):
         E.generated_fraction(torch.zeros(3, 2, 1, 4, 4), torch.zeros(1, 1, 4, 4), 2)
+
+
+def test_projected_fraction_and_band() -> None:
+    g = torch.Generator().manual_seed(0)
+    final = torch.randn(4, 3, 32, 32, generator=g)
+    preds = torch.stack([0.25 * final, 0.5 * final, final])
+    h = E.projected_fraction(preds, final, 2)
+    assert torch.allclose(h, torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64), atol=1e-9)
+    # noise uncorrelated with the final image averages out of the projection
+    noisy = preds + 3.0 * torch.randn(preds.shape, generator=g)
+    assert torch.allclose(E.projected_fraction(noisy, final, 1), h, atol=0.1)
+    # band m holds nothing that is constant on 2m x 2m blocks
+    coarse = torch.randn(2, 3, 8, 8, generator=g).repeat_interleave(4, -2).repeat_interleave(4, -1)
+    assert float(E.band(coarse, 2).abs().max()) < 1e-6
+    assert float(E.band(final, 2).pow(2).mean()) > 0.1
