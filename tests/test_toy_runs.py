@@ -27,29 +27,54 @@ def test_shipped_weights_sample_a_batch(model: runs.CountingModel, size: int, fa
     assert bool(torch.isfinite(x).all()) and float(x.abs().max()) < 3.0
 
 
-def test_guided_euler_makes_one_low_call_per_active_step(model: runs.CountingModel) -> None:
+@pytest.mark.parametrize("sampler,label", [("euler", "Euler"), ("dpmpp_2m", "DPM++ 2M")])
+def test_guided_sampling_makes_one_low_call_per_active_step(model: runs.CountingModel, sampler: str, label: str
+                                                            ) -> None:
     steps = 8
-    sig = sampler_sigmas("Euler", "Automatic", steps, runs.toy_schedule())
-    plan = runs.make_plan((2, 2), steps)
+    sig = sampler_sigmas(label, "Automatic", steps, runs.toy_schedule())
+    plan = runs.make_plan((2, 2), steps, sampler)
     active = plan.active_steps(sig)
-    assert 0 < len(active) < steps  # the default window fades out before the end
+    assert 0 < len(active) < steps  # the default window ends before the last step
     model.reset()
-    runs.run_kdiff(model, 2, 64, 64, steps, seed=1, plan=plan)
+    runs.run_kdiff(model, 2, 64, 64, steps, seed=1, plan=plan, sampler=sampler)
     assert model.calls == {(64, 64): steps, (32, 32): len(active)}
     assert model.pixel_evals == 2 * (steps * 64 * 64 + len(active) * 32 * 32)
+
+
+def test_dpmpp_2m_runs_on_karras_sigmas_and_euler_on_the_discrete_ones(model: runs.CountingModel) -> None:
+    """The toy samples on the sigmas A1111 gives each sampler ("Automatic"): Karras for DPM++ 2M."""
+    seen: dict[str, list[float]] = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            seen.setdefault(self.key, []).append(float(t.reshape(-1)[0]))
+            return torch.zeros_like(x)
+
+    for sampler in ("euler", "dpmpp_2m"):
+        runs.run_kdiff(runs.CountingModel(Spy(sampler)), 1, 32, 32, 6, seed=0, sampler=sampler)
+    sched = runs.toy_schedule()
+    for sampler, label in (("euler", "Euler"), ("dpmpp_2m", "DPM++ 2M")):
+        sig = sampler_sigmas(label, "Automatic", 6, sched)
+        want = [float(sched.sigma_to_t(float(s))) for s in sig[:-1]]
+        assert seen[sampler] == pytest.approx(want, abs=0.6)  # k-diffusion rounds t to the nearest step
+    assert seen["euler"] != pytest.approx(seen["dpmpp_2m"], abs=1.0)
 
 
 def test_nested_4x_and_non_square_call_counts(model: runs.CountingModel) -> None:
     steps = 5
     sig = sampler_sigmas("Euler", "Automatic", steps, runs.toy_schedule())
-    plan = runs.make_plan((4, 4), steps, shape="constant")
+    plan = runs.make_plan((4, 4), steps, "euler", shape="constant")
     assert plan.levels == ((2, 2), (2, 2))
     model.reset()
-    runs.run_kdiff(model, 1, 128, 128, steps, seed=2, plan=plan)
+    runs.run_kdiff(model, 1, 128, 128, steps, seed=2, plan=plan, sampler="euler")
     assert model.calls == {(128, 128): steps, (64, 64): steps, (32, 32): steps}
-    plan = runs.make_plan((3, 2), steps)
+    plan = runs.make_plan((3, 2), steps, "euler")
     model.reset()
-    runs.run_kdiff(model, 1, 96, 64, steps, seed=2, plan=plan)
+    runs.run_kdiff(model, 1, 96, 64, steps, seed=2, plan=plan, sampler="euler")
     assert model.calls == {(96, 64): steps, (32, 32): len(plan.active_steps(sig))}
 
 
@@ -113,18 +138,30 @@ def test_guidance_beats_plain_by_30_points_at_2x(model: runs.CountingModel) -> N
     assert guided["proper_face"] >= plain["proper_face"] + 0.30, (plain, guided)
 
 
-def test_projected_fraction_and_band() -> None:
-    from lib_chroma.toy.bench import band, projected_fraction
+def test_interleaved_rotates_methods_and_keeps_each_methods_samples_and_counts() -> None:
+    from lib_chroma.toy.bench import interleaved
 
-    g = torch.Generator().manual_seed(0)
-    final = torch.randn(4, 3, 32, 32, generator=g)
-    preds = torch.stack([0.25 * final, 0.5 * final, final])
-    h = projected_fraction(preds, final, 2)
-    assert torch.allclose(h, torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64), atol=1e-9)
-    # noise uncorrelated with the final image averages out of the projection
-    noisy = preds + 3.0 * torch.randn(preds.shape, generator=g)
-    assert torch.allclose(projected_fraction(noisy, final, 1), h, atol=0.1)
-    # band m holds nothing that is constant on 2m x 2m blocks
-    coarse = torch.randn(2, 3, 8, 8, generator=g).repeat_interleave(4, -2).repeat_interleave(4, -1)
-    assert float(band(coarse, 2).abs().max()) < 1e-6
-    assert float(band(final, 2).pow(2).mean()) > 0.1
+    class Fake(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return x
+
+    model = runs.CountingModel(Fake())
+    order: list[tuple[str, int]] = []
+
+    def method(name: str, size: int):
+        def run(start: int, k: int) -> torch.Tensor:
+            order.append((name, start))
+            model(torch.zeros(k, 1, size, size), torch.zeros(k))
+            return torch.arange(start, start + k)
+        return run
+
+    done: list[int] = []
+    acc = interleaved(model, 5, 2, {"a": method("a", 4), "b": method("b", 2)}, done.append)
+    # every batch runs both methods before the next batch starts; the order rotates
+    assert order == [("a", 0), ("b", 0), ("b", 2), ("a", 2), ("a", 4), ("b", 4)]
+    assert sum(done) == 10
+    for name, size in (("a", 4), ("b", 2)):
+        assert acc[name].images().tolist() == [0, 1, 2, 3, 4]
+        assert acc[name].calls == {(size, size): 3}
+        assert acc[name].pixel_evals == 5 * size * size
+        assert acc[name].wall > 0

@@ -2,21 +2,26 @@
 
 For each factor (2x: 64x64; 3x: 96x64, per-axis factors 3 and 2; 4x: 128x128) and method, ``n`` samples at
 fixed seeds (sample ``i`` from seed ``seed + i`` in every cell) are scored by :mod:`lib_chroma.toy.scorer`.
+Every row but DDIM uses one k-diffusion sampler on A1111's sigmas for it (default DPM++ 2M, whose "Automatic"
+scheduler is Karras: A1111 v1.10's default sampler) and 20 steps.
 Methods: ``plain`` sampling at the output size; ``upscale`` (bilinear upscale of the native samples, no
 diffusion); ``hires`` (A1111's hires fix at its default strength 0.7 and at the chromatography strength);
-``guidance`` with the default chromatography window ("auto": full weight until level m is half generated,
-fading to 0 when it is ``q_end`` generated) and fixed windows for contrast (first 30 %, first 60 % and all
-steps, constant weight); at 2x also deterministic DDIM, plain and guided through ``guide_eps``.
+``guidance`` with the default chromatography window ("auto", the library's default shape: with ``hold``,
+full weight until level m is ``q_end`` generated, then off) and fixed windows for contrast (first 30 %,
+first 60 % and all steps, constant weight); at 2x also deterministic DDIM, plain and guided through ``guide_eps``.
 
 Cost columns, relative to plain sampling at the same size in the same run:
 ``calls`` = model evaluations (any size) / plain's; ``pixel_evals`` = ``sum(batch * H * W)`` / plain's
 (one guided level with ``a`` active steps of ``N``: ``1 + (a / N) / m²``); ``wall`` = sampling seconds /
-plain's (scoring excluded). Hires and upscale include their native first pass.
+plain's (scoring excluded). Hires and upscale include their native first pass. The methods of a factor run
+interleaved, batch by batch (their order rotated each batch), so that load drift on a shared machine falls on
+every method alike and the wall ratios are side by side.
 
 Empirical chromatography (:mod:`lib_chroma.empirical`): along native trajectories (relative to the data's
 mean image), the fraction ``g_m[i]`` of the final level-m energy present in the step-i x0 prediction (Euler),
-and the projection ``h_m[i]`` of the prediction on the final image (Euler a, see :func:`projected_fraction`);
-level m settles at the first step with fraction ``>= 1/2``. Theory: the first step with
+and the projection ``h_m[i]`` of the prediction on the final image (Euler a,
+:func:`lib_chroma.empirical.projected_fraction`); level m settles at the first step with fraction
+``>= 1/2``. Theory: the first step with
 ``m² P / (m² P + sigma_i²) >= 1/2`` for ``P = 1`` (the plain signal ratio ``r_m``, i.e. ``sigma <= m``) and
 for ``P = P_m``, the data's per-pixel variance of ``D_m(x0)`` (``sigma <= m sqrt(P_m)``).
 
@@ -31,6 +36,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +44,6 @@ import torch
 
 from lib_chroma import empirical
 from lib_chroma import guidance as G
-from lib_chroma.guidance import pool, unpool
 from lib_chroma.schedule import sampler_sigmas
 
 from . import data, runs, scorer
@@ -80,46 +85,56 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _cell(name: str, imgs: torch.Tensor, model: runs.CountingModel, wall: float, grid: str | None) -> dict:
+def _cell(name: str, imgs: torch.Tensor, acc: _Acc, grid: str | None) -> dict:
     s = scorer.score_batch(imgs)
-    row = {"method": name, "wall_s": round(wall, 3), "calls": sum(model.calls.values()),
-           "calls_by_size": {f"{h}x{w}": c for (h, w), c in sorted(model.calls.items())},
-           "pixel_evals": model.pixel_evals}
+    row = {"method": name, "wall_s": round(acc.wall, 3), "calls": sum(acc.calls.values()),
+           "calls_by_size": {f"{h}x{w}": c for (h, w), c in sorted(acc.calls.items())},
+           "pixel_evals": acc.pixel_evals}
     row.update({k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in s.items()})
     row["blockiness"] = s.get(f"blockiness_{grid}", math.nan) if grid else math.nan
     return row
 
 
-def band(x: torch.Tensor, m: int) -> torch.Tensor:
-    """Band m of (…, H, W) images: ``B_m x = D_m x - U D_2 D_m x`` (level m minus its own 2x2 block means, i.e.
-    the content at scale m that level 2m does not hold). White noise of std ``s`` per pixel becomes std
-    ``s / m`` in ``D_m x`` and variance ``(3/4) s² / m²`` in ``B_m x``."""
-    d = pool(x, m, m)
-    return d - unpool(pool(d, 2, 2), 2, 2, (d.shape[-2], d.shape[-1]))
+class _Acc:
+    """Per-method accumulators of an interleaved run: image batches, seconds, calls by size, pixel-evals."""
+
+    def __init__(self) -> None:
+        self.imgs: list[torch.Tensor] = []
+        self.wall = 0.0
+        self.calls: dict[tuple[int, int], int] = {}
+        self.pixel_evals = 0
+
+    def add(self, model: runs.CountingModel, seconds: float) -> None:
+        self.wall += seconds
+        for size, c in model.calls.items():
+            self.calls[size] = self.calls.get(size, 0) + c
+        self.pixel_evals += model.pixel_evals
+
+    def images(self) -> torch.Tensor:
+        return torch.cat(self.imgs)
 
 
-def band_power(x0: torch.Tensor, m: int) -> float:
-    """``Q_m``: mean square per pixel of ``B_m x0`` over a batch (the band's signal power)."""
-    return float(band(x0.double(), m).pow(2).mean())
+#: a method of the benchmark: (first sample index, number of samples) -> images of those samples
+Method = Callable[[int, int], torch.Tensor]
 
 
-def projected_fraction(preds: torch.Tensor, final: torch.Tensor, m: int, use_band: bool = False) -> torch.Tensor:
-    """``h_m[i] = sum_b <D_m p_i,b, D_m p_N,b> / sum_b ||D_m p_N,b||²`` (means per sample and channel removed;
-    ``use_band``: with ``B_m`` in place of ``D_m``).
-
-    The projection of each prediction on the final image. Along a stochastic sampler with an exact model the
-    final image is a posterior sample given ``x_i``, so ``E<p_i, x0> = E||p_i||²``: the same expectation as
-    the energy fraction of :func:`lib_chroma.empirical.generated_fraction` (Gaussian data:
-    ``m² P / (m² P + sigma²)``), but the model's error in ``p_i`` (``sigma`` times its eps error, large early
-    on), being uncorrelated with the final image, averages out instead of adding energy."""
-    def centred(x: torch.Tensor) -> torch.Tensor:
-        x = x.double().flatten(0, -4) if x.dim() > 4 else x.double()
-        d = band(x, m) if use_band else pool(x, m, m)
-        return d - d.mean(dim=(-2, -1), keepdim=True)
-
-    fin = centred(final)
-    denom = fin.pow(2).sum().clamp_min(1e-12)
-    return torch.stack([(centred(pi) * fin).sum() / denom for pi in preds])
+def interleaved(model: runs.CountingModel, n: int, batch: int, methods: dict[str, Method],
+                progress: Callable[[int], None]) -> dict[str, _Acc]:
+    """Run every method on samples ``[start, start + batch)`` before any moves to the next batch, rotating the
+    order each batch, and time each call: slow phases of a shared machine then fall on all methods alike."""
+    acc = {k: _Acc() for k in methods}
+    names = list(methods)
+    for b, start in enumerate(range(0, n, batch)):
+        k = min(batch, n - start)
+        r = b % len(names)
+        for name in names[r:] + names[:r]:
+            model.reset()
+            t0 = time.perf_counter()
+            imgs = methods[name](start, k)
+            acc[name].add(model, time.perf_counter() - t0)
+            acc[name].imgs.append(imgs)
+            progress(k)
+    return acc
 
 
 def empirical_chromatography(
@@ -129,10 +144,10 @@ def empirical_chromatography(
     """Per level m: measured settle steps against the theory's with power 1 and ``P_m``.
 
     ``energy``: :func:`lib_chroma.empirical.generated_fraction` on Euler trajectories (``preds``/``final``);
-    ``projection``: :func:`projected_fraction` on Euler-ancestral trajectories. A level settles at the first
-    step with fraction ``>= 1/2``. The toy's data are not zero-mean (a light disc near the centre of every
-    image), so predictions, finals and data are taken relative to the data's mean image ``mu = E[x0]`` (the
-    x0 prediction as ``sigma -> inf``), and ``P_m = level_power(x0 - mu)``."""
+    ``projection``: :func:`lib_chroma.empirical.projected_fraction` on Euler-ancestral trajectories. A level
+    settles at the first step with fraction ``>= 1/2``. The toy's data are not zero-mean (a light disc near the
+    centre of every image), so predictions, finals and data are taken relative to the data's mean image
+    ``mu = E[x0]`` (the x0 prediction as ``sigma -> inf``), and ``P_m = level_power(x0 - mu)``."""
     sig = sampler_sigmas("Euler", "Automatic", steps, runs.toy_schedule())
     x0 = torch.from_numpy(data.make_batch(n_data, seed, data.BASE)[0]).double()
     mu = x0.mean(dim=0, keepdim=True)
@@ -144,10 +159,10 @@ def empirical_chromatography(
     out = []
     for m in LEVELS:
         g = empirical.generated_fraction(p, fin, m)
-        h = projected_fraction(pa, fina, m)
-        hb = projected_fraction(pa, fina, m, use_band=True)
+        h = empirical.projected_fraction(pa, fina, m)
+        hb = empirical.projected_fraction(pa, fina, m, use_band=True)
         pm = empirical.level_power(x0, m)
-        qb = band_power(x0, m)
+        qb = empirical.band_power(x0, m)
         me, mp, mb = empirical.settle_step(g), empirical.settle_step(h), empirical.settle_step(hb)
         t1 = empirical.theory_settle_step(sig, m, 1.0)
         tp = empirical.theory_settle_step(sig, m, pm)
@@ -169,73 +184,70 @@ def empirical_chromatography(
 
 
 def _factor_cells(
-    model: runs.CountingModel, fname: str, native: torch.Tensor, native_wall: float,
-    native_cost: tuple[int, int], n: int, steps: int, seed: int, batch: int, scale: float, q_end: float,
-    shape: str, operator: str, fixed: bool, ddim: bool, extra_plans: dict[str, dict[str, Any]],
-    baselines: bool = True,
+    model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
+    scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
+    extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
 ) -> dict[str, Any]:
     """All cells of one factor (plain first: the reference of the relative cost columns)."""
     h, w = FACTORS[fname]
     mh, mw = h // 32, w // 32
     m = math.sqrt(mh * mw)
     grid = f"{mh}x{mw}" if mh != mw else str(mh)
-    rows: list[dict[str, Any]] = []
-    bsz = batch
-
-    def timed(label: str, fn: Any) -> tuple[torch.Tensor, float]:
-        model.reset()
-        t0 = time.time()
-        imgs = fn(_Progress(f"{fname} {label}", n))
-        return imgs, time.time() - t0
-
-    imgs, wall = timed("plain", lambda pr: runs.run_kdiff(model, n, h, w, steps, seed, batch=bsz, progress=pr))
-    rows.append(_cell("plain", imgs, model, wall, grid))
-    s_chroma = runs.hires_chroma_strength(m, steps)
+    s_chroma = runs.hires_chroma_strength(m, steps, sampler)
+    methods: dict[str, Method] = {
+        "plain": lambda s, k: runs.run_kdiff(model, k, h, w, steps, seed + s, batch=k, sampler=sampler),
+    }
     if baselines:
-        # upscale only: the native run's cost
-        t0 = time.time()
-        imgs = runs.upscale(native, h, w)
-        model.reset()
-        model.calls = {(32, 32): native_cost[0]}
-        model.pixel_evals = native_cost[1]
-        rows.append(_cell("upscale only (bilinear)", imgs, model, native_wall + time.time() - t0, grid))
-        for strength, label in ((runs.A1111_HIRES_STRENGTH, "A1111 default"), (s_chroma, "chromatography")):
-            imgs, wall = timed(f"hires {strength}", lambda pr, s=strength: runs.run_hires(
-                model, native, h, w, steps, s, seed, batch=bsz, progress=pr))
-            model.calls[(32, 32)] = model.calls.get((32, 32), 0) + native_cost[0]
-            model.pixel_evals += native_cost[1]
-            rows.append(_cell(f"hires fix {strength:.2f} ({label})", imgs, model, wall + native_wall, grid))
-    plans: dict[str, Any] = {
+        # the native first pass, rerun here so that its seconds are measured beside the others
+        methods["native pass"] = lambda s, k: runs.run_kdiff(model, k, 32, 32, steps, seed + s, batch=k,
+                                                              sampler=sampler)
+        methods["upscale only (bilinear)"] = lambda s, k: runs.upscale(native[s:s + k], h, w)
+        pw = runs.data_power()
+        s_power = runs.hires_chroma_strength(m, steps, sampler, power=pw)
+        for strength, label in ((runs.A1111_HIRES_STRENGTH, "A1111 default"), (s_chroma, "chromatography"),
+                                (s_power, f"chromatography, data power {pw:.2f}")):
+            methods[f"hires fix {strength:.2f} ({label})"] = lambda s, k, st=strength: runs.run_hires(
+                model, native[s:s + k], h, w, steps, st, seed + s, sampler=sampler, batch=k)
+    plans: dict[str, G.GuidancePlan] = {
         f"guidance auto ({shape} {q_end}, {operator}, w={scale})": runs.make_plan(
-            (mh, mw), steps, scale=scale, window="auto", shape=shape, q_end=q_end, operator=operator),
+            (mh, mw), steps, sampler, scale=scale, window="auto", shape=shape, q_end=q_end, operator=operator),
     }
     if fixed:
         for wl, fr in FIXED_WINDOWS.items():
             plans[f"guidance {wl} (constant, {operator}, w={scale})"] = runs.make_plan(
-                (mh, mw), steps, scale=scale, window="fraction", window_range=fr, operator=operator)
+                (mh, mw), steps, sampler, scale=scale, window="fraction", window_range=fr, operator=operator)
     for label, kw in (extra_plans or {}).items():
-        plans[label] = runs.make_plan((mh, mw), steps, **kw)
-    sig = sampler_sigmas("Euler", "Automatic", steps, runs.toy_schedule())
+        plans[label] = runs.make_plan((mh, mw), steps, sampler, **kw)
     for label, plan in plans.items():
-        imgs, wall = timed(label[:30], lambda pr, p=plan: runs.run_kdiff(
-            model, n, h, w, steps, seed, plan=p, batch=bsz, progress=pr))
-        row = _cell(label, imgs, model, wall, grid)
-        act = len(plan.active_steps(sig))
-        row["active_steps"] = act
-        row["expected_pixel_evals"] = round(1 + sum(
-            (act if k == 0 else len([i for i in range(steps) if plan.weight(k, float(sig[i])) != 0]))
-            / steps / math.prod(math.sqrt(a * b) for a, b in plan.levels[:k + 1]) ** 2
-            for k in range(len(plan.levels))), 4)
-        rows.append(row)
+        methods[label] = lambda s, k, p=plan: runs.run_kdiff(model, k, h, w, steps, seed + s, plan=p, batch=k,
+                                                             sampler=sampler)
+    ddim_guided = f"DDIM guidance auto via guide_eps ({shape} {q_end})"
     if ddim and fname == "2x":
         dplan = runs.make_plan((mh, mw), steps, scale=scale, window="auto", shape=shape, q_end=q_end,
                                operator=operator)
-        imgs, wall = timed("DDIM plain", lambda pr: runs.run_ddim(model, n, h, w, steps, seed, batch=bsz,
-                                                                    progress=pr))
-        rows.append(_cell("DDIM plain (eps)", imgs, model, wall, grid))
-        imgs, wall = timed("DDIM guided", lambda pr: runs.run_ddim(model, n, h, w, steps, seed, plan=dplan,
-                                                                     batch=bsz, progress=pr))
-        rows.append(_cell(f"DDIM guidance auto via guide_eps ({shape} {q_end})", imgs, model, wall, grid))
+        methods["DDIM plain (eps)"] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, batch=k)
+        methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
+    acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)))
+    nat = acc.pop("native pass", None)
+    rows: list[dict[str, Any]] = []
+    for label, a in acc.items():
+        if nat is not None and (label.startswith("hires") or label.startswith("upscale")):
+            a.wall += nat.wall  # these include their first pass
+            for size, c in nat.calls.items():
+                a.calls[size] = a.calls.get(size, 0) + c
+            a.pixel_evals += nat.pixel_evals
+        row = _cell(label, a.images(), a, grid)
+        if label in plans or label == ddim_guided:
+            plan = plans.get(label, dplan if label == ddim_guided else None)
+            sig = sampler_sigmas("DDIM" if label == ddim_guided else runs.A1111_LABELS[sampler], "Automatic", steps,
+                                 runs.toy_schedule())
+            calls = len(sig) - 1
+            row["active_steps"] = len(plan.active_steps(sig))
+            row["expected_pixel_evals"] = round(1 + sum(
+                len([i for i in range(calls) if plan.weight(k, float(sig[i])) != 0]) / calls
+                / math.prod(fh * fw for fh, fw in plan.levels[:k + 1])
+                for k in range(len(plan.levels))), 4)
+        rows.append(row)
     base = rows[0]
     ddim_base = next((r for r in rows if r["method"].startswith("DDIM plain")), base)
     for r in rows:
@@ -243,12 +255,13 @@ def _factor_cells(
         r["rel_calls"] = round(r["calls"] / ref["calls"], 4)
         r["rel_pixel_evals"] = round(r["pixel_evals"] / ref["pixel_evals"], 4)
         r["rel_wall"] = round(r["wall_s"] / ref["wall_s"], 4)
-    return {"size": f"{w}x{h}", "factor": [mh, mw], "hires_chroma_strength": s_chroma, "rows": rows}
+    return {"size": f"{w}x{h}", "factor": [mh, mw], "hires_chroma_strength": s_chroma, "rows": rows,
+            "hires_chroma_strength_data_power": s_power if baselines else None}
 
 
 def run_bench(
     n: int = 128,
-    steps: int = 40,
+    steps: int = 20,
     factors: tuple[str, ...] = ("2x", "3x", "4x"),
     seed: int = 1000,
     batch: int = 32,
@@ -261,35 +274,39 @@ def run_bench(
     weights: Path | None = None,
     extra_plans: dict[str, dict[str, Any]] | None = None,
     baselines: bool = True,
+    sampler: str = runs.DEFAULT_SAMPLER,
 ) -> dict[str, Any]:
     """Run every cell; returns the JSON-serialisable result (see the module docstring)."""
     model = runs.CountingModel(load_model(weights))
     t_all = time.time()
     res: dict[str, Any] = {
-        "config": {"n": n, "steps": steps, "sampler": "Euler", "seed": seed, "batch": batch, "scale": scale,
-                   "q_end": q_end, "shape": shape, "operator": operator, "threads": torch.get_num_threads(),
-                   "omp": os.environ.get("OMP_NUM_THREADS")},
+        "config": {"n": n, "steps": steps, "sampler": runs.A1111_LABELS[sampler], "seed": seed, "batch": batch,
+                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator,
+                   "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
         "factors": {},
     }
-    # native reference + recorded trajectories (empirical chromatography)
+    # native reference (the ceiling and the first pass of hires fix)
     model.reset()
     t0 = time.time()
-    preds: list[torch.Tensor] = []
-    native = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, record=preds,
+    native = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, sampler=sampler,
                             progress=_Progress("native 32x32", n))
-    native_wall = time.time() - t0
-    native_cost = (sum(model.calls.values()), model.pixel_evals)
-    res["native"] = _cell("native", native, model, native_wall, None)
+    nat = _Acc()
+    nat.add(model, time.time() - t0)
+    res["native"] = _cell("native", native, nat, None)
+    # recorded trajectories (empirical chromatography): Euler and Euler a share the discrete sigmas
+    preds: list[torch.Tensor] = []
+    final = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, record=preds, sampler="euler",
+                           progress=_Progress("native 32x32 Euler (empirical)", n))
     preds_anc: list[torch.Tensor] = []
     final_anc = runs.run_kdiff(model, n, 32, 32, steps, seed, batch=batch, record=preds_anc,
                                sampler="euler_ancestral",
                                progress=_Progress("native 32x32 Euler a (empirical)", n))
-    res["empirical"] = empirical_chromatography(preds, native, preds_anc, final_anc, steps)
+    res["empirical"] = empirical_chromatography(preds, final, preds_anc, final_anc, steps)
     del preds, preds_anc
     for fname in factors:
         res["factors"][fname] = _factor_cells(
-            model, fname, native, native_wall, native_cost, n, steps, seed, batch, scale, q_end, shape, operator,
-            fixed, ddim, extra_plans or {}, baselines)
+            model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
+            extra_plans or {}, baselines, sampler)
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -302,8 +319,9 @@ def markdown(res: dict[str, Any]) -> str:
     """The benchmark tables (quality and cost; empirical chromatography) as markdown."""
     c = res["config"]
     nat = res["native"]
-    out = [f"Toy benchmark: {c['n']} samples per cell (seeds {c['seed']}…{c['seed'] + c['n'] - 1}), Euler "
-           f"{c['steps']} steps; native 32×32 ceiling: one object {_f(nat['one_object'])}, proper face "
+    out = [f"Toy benchmark: {c['n']} samples per cell (seeds {c['seed']}…{c['seed'] + c['n'] - 1}), "
+           f"{c['sampler']} (scheduler Automatic) {c['steps']} steps; native 32×32 ceiling: one object "
+           f"{_f(nat['one_object'])}, proper face "
            f"{_f(nat['proper_face'])}, detail {_f(nat['detail'])}.", "",
            "| factor | method | one object | proper face | proper at scale | detail | blockiness (m-grid) | "
            "calls × | pixel-evals × | wall × |",
@@ -355,7 +373,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lib_chroma bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="CI-sized: 4 samples, 10 steps, factor 2x only")
     p.add_argument("--n", type=int, default=None, help="samples per cell (default 128; quick 4)")
-    p.add_argument("--steps", type=int, default=None, help="Euler steps (default 40; quick 10)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 20; quick 10)")
+    p.add_argument("--sampler", default=runs.DEFAULT_SAMPLER, choices=tuple(runs.A1111_LABELS),
+                   help="k-diffusion sampler of every row but DDIM (default dpmpp_2m: A1111's default, Karras)")
     p.add_argument("--factors", default=None, help="comma-separated of 2x,3x,4x (default all; quick 2x)")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
@@ -376,7 +396,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     n = args.n or (4 if args.quick else 128)
-    steps = args.steps or (10 if args.quick else 40)
+    steps = args.steps or (10 if args.quick else 20)
     factors = tuple(f for f in args.factors.split(",") if f and f != "none") if args.factors is not None else (
         ("2x",) if args.quick else tuple(FACTORS))
     for f in factors:
@@ -390,7 +410,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                     fixed=not args.no_fixed, ddim=not args.no_ddim, weights=args.weights,
                     extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
                                  **dict(_parse_plan(t) for t in args.plan)},
-                    baselines=not args.no_baselines)
+                    baselines=not args.no_baselines, sampler=args.sampler)
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))

@@ -3,7 +3,8 @@
 Samples the toy model with the same seeds in every row: native 32x32, plain 2x (64x64), A1111's hires fix 2x
 at its default strength 0.7 and at the chromatography strength
 (:func:`lib_chroma.toy.runs.hires_chroma_strength`, level 2 kept 90 %: the WebUI preview's suggestion),
-upsample guidance 2x and nested guidance 4x (128x128). Writes to ``outputs/demo/``:
+upsample guidance 2x and nested guidance 4x (128x128), by default with DPM++ 2M (A1111's default sampler,
+Karras sigmas) and 20 steps. Writes to ``outputs/demo/``:
 
 - ``grid.png``: the labelled comparison grid (rows = methods, columns = seeds; each cell shown at 128x128),
 - ``chromatogram.png``: the curve figure (:mod:`lib_chroma.plots`) of the 2x guided run,
@@ -85,7 +86,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m lib_chroma demo", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=5, help="samples (seeds seed..seed+n-1) per row")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (Euler); hires second pass too")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps; hires second pass too")
+    p.add_argument("--sampler", default=runs.DEFAULT_SAMPLER, choices=tuple(runs.A1111_LABELS),
+                   help="k-diffusion sampler (default dpmpp_2m: A1111's default, Karras sigmas)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -98,10 +101,10 @@ def demo_main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     model = runs.CountingModel(load_model(args.weights))
-    n, steps, seed = args.n, args.steps, args.seed
-    s_chroma = runs.hires_chroma_strength(2, steps)
-    plan2 = runs.make_plan((2, 2), steps)
-    plan4 = runs.make_plan((4, 4), steps)
+    n, steps, seed, smp = args.n, args.steps, args.seed, args.sampler
+    s_chroma = runs.hires_chroma_strength(2, steps, smp)
+    plan2 = runs.make_plan((2, 2), steps, smp)
+    plan4 = runs.make_plan((4, 4), steps, smp)
     # progress in pixel-step units of 32x32 samples (cost ~ pixels)
     bar = Progress(n * (1 + 4 + 4 + 4 + 5 + 21))
     rows: list[tuple[str, torch.Tensor]] = []
@@ -120,40 +123,43 @@ def demo_main(argv: list[str] | None = None) -> int:
         model.reset()
 
     t0 = time.time()
-    native = runs.run_kdiff(model, n, 32, 32, steps, seed, progress=lambda k: bar(k, "native 32x32"))
+    native = runs.run_kdiff(model, n, 32, 32, steps, seed, sampler=smp, progress=lambda k: bar(k, "native 32x32"))
     record("native 32²", "native", native, t0, None)
     t0 = time.time()
-    imgs = runs.run_kdiff(model, n, 64, 64, steps, seed, progress=lambda k: bar(4 * k, "plain 2x"))
+    imgs = runs.run_kdiff(model, n, 64, 64, steps, seed, sampler=smp, progress=lambda k: bar(4 * k, "plain 2x"))
     record("plain 2×", "plain", imgs, t0, 2)
     for strength, name in ((runs.A1111_HIRES_STRENGTH, "A1111 default"), (s_chroma, "chromatography")):
         t0 = time.time()
         model.calls = {(32, 32): steps * ((n + 31) // 32)}  # the first pass (shared, counted once per row)
-        imgs = runs.run_hires(model, native, 64, 64, steps, strength, seed,
+        imgs = runs.run_hires(model, native, 64, 64, steps, strength, seed, sampler=smp,
                               progress=lambda k, nm=name: bar(4 * k, f"hires {nm}"))
         record(f"hires 2×\nstrength {strength:.2f}\n({name})", f"hires {strength:.2f} ({name})", imgs, t0, 2)
     t0 = time.time()
-    imgs = runs.run_kdiff(model, n, 64, 64, steps, seed, plan=plan2, progress=lambda k: bar(5 * k, "guidance 2x"))
+    imgs = runs.run_kdiff(model, n, 64, 64, steps, seed, plan=plan2, sampler=smp,
+                          progress=lambda k: bar(5 * k, "guidance 2x"))
     record("guidance 2×", "guidance", imgs, t0, 2)
     t0 = time.time()
-    imgs = runs.run_kdiff(model, n, 128, 128, steps, seed, plan=plan4, batch=8,
+    imgs = runs.run_kdiff(model, n, 128, 128, steps, seed, plan=plan4, batch=8, sampler=smp,
                           progress=lambda k: bar(21 * k, "guidance 4x (nested)"))
     record("guidance 4×\n(nested 2·2)", "guidance 4x", imgs, t0, 4)
 
     _grid_png(rows, args.out / "grid.png")
     from lib_chroma.plots import save_png
 
-    save_png(runs.toy_report(steps, (2, 2), plan2), str(args.out / "chromatogram.png"))
+    report = runs.toy_report(steps, (2, 2), plan2, smp)
+    save_png(report, str(args.out / "chromatogram.png"))
     total = time.time() - t_start
     info = {
-        "n": n, "steps": steps, "sampler": "Euler", "seeds": [seed, seed + n - 1],
+        "n": n, "steps": steps, "sampler": runs.A1111_LABELS[smp], "seeds": [seed, seed + n - 1],
         "hires_strengths": {"a1111": runs.A1111_HIRES_STRENGTH, "chromatography": s_chroma},
-        "guidance_2x_window": plan2.window_steps(runs.toy_report(steps, (2, 2), plan2)["sigmas"]),
+        "guidance_2x_window": plan2.window_steps(report["sigmas"]),
         "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
         "wall_s": round(total, 1), "table": table,
     }
     (args.out / "scores.json").write_text(json.dumps(info, indent=1, default=float))
-    print(f"toy demo: {n} seeds, Euler {steps} steps; hires strengths A1111 {runs.A1111_HIRES_STRENGTH}, "
-          f"chromatography {s_chroma}; 2x guidance window steps {info['guidance_2x_window']}")
+    print(f"toy demo: {n} seeds, {runs.A1111_LABELS[smp]} {steps} steps; hires strengths A1111 "
+          f"{runs.A1111_HIRES_STRENGTH}, chromatography {s_chroma}; 2x guidance window steps "
+          f"{info['guidance_2x_window']}")
     print(_fmt_table(table))
     print(f"wrote {args.out / 'grid.png'}, {args.out / 'chromatogram.png'}, {args.out / 'scores.json'} "
           f"in {total:.0f}s")

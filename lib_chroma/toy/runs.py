@@ -3,7 +3,8 @@
 Every method starts from the same per-sample noise (:func:`lib_chroma.toy.sampling.initial_noise`, sample
 ``i`` from seed ``seed + i``), so rows of a grid are comparable.
 
-- ``plain``: a k-diffusion sampler at the output size (VE form ``x = x0 + sigma eps``).
+- ``plain``: a k-diffusion sampler at the output size (VE form ``x = x0 + sigma eps``) on A1111's sigmas for
+  it (scheduler "Automatic").
 - ``upscale``: native samples, bilinearly upscaled (no diffusion at the output size).
 - ``hires``: A1111's hires fix: native first pass, bilinear upscale by m (A1111's "Latent" upscaler on the
   toy's pixel "latents"), then img2img with ``steps`` second-pass steps on
@@ -21,6 +22,7 @@ Model evaluations are counted per resolution by :class:`CountingModel`; ``pixel_
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +39,8 @@ from .sampling import initial_noise, make_denoiser
 
 #: k-diffusion sampler function name -> A1111 label (for the schedule arithmetic).
 A1111_LABELS = {"euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpmpp_2m": "DPM++ 2M"}
+#: A1111 v1.10's default sampler (its "Automatic" scheduler is Karras): the demo's and the benchmark's.
+DEFAULT_SAMPLER = "dpmpp_2m"
 #: A1111's default hires-fix denoising strength.
 A1111_HIRES_STRENGTH = 0.7
 #: ``keep`` of the chromatography strength: the one the WebUI preview suggests (level m 90 % kept).
@@ -69,15 +73,32 @@ class CountingModel(torch.nn.Module):
         return self.model(x, t)
 
 
-def hires_chroma_strength(m: float, steps: int, sampler: str = "euler", keep: float = CHROMA_KEEP) -> float:
+def hires_chroma_strength(m: float, steps: int, sampler: str = DEFAULT_SAMPLER, keep: float = CHROMA_KEEP,
+                          power: float = 1.0) -> float:
     """:func:`lib_chroma.chromatography.hires_strength` on the toy schedule: the largest strength whose first
-    hires sigma keeps ``r_m >= keep`` (``sigma_start <= m sqrt((1 - keep) / keep)``)."""
-    return chroma.hires_strength(m, keep, A1111_LABELS[sampler], "Automatic", steps, toy_schedule())
+    hires sigma keeps ``m² P / (m² P + sigma_start²) >= keep``, i.e. ``sigma_start <= m sqrt(P (1 - keep) /
+    keep)``. ``P = 1`` is the WebUI's rule (SD latents have unit variance); a level of power P behaves as the
+    level ``m sqrt(P)`` of unit power, which is what is passed on."""
+    return chroma.hires_strength(m * math.sqrt(power), keep, A1111_LABELS[sampler], "Automatic", steps,
+                                 toy_schedule())
 
 
-def make_plan(factor: tuple[int, int], steps: int, sampler: str = "euler", **kw: Any) -> GuidancePlan:
+@functools.lru_cache(maxsize=4)
+def data_power(level: int = 1, n: int = 512, seed: int = 7) -> float:
+    """The toy data's signal power per pixel at ``level`` of the native image: the variance of
+    ``D_level(x0 - mu)`` (``mu`` the data's mean image), :func:`lib_chroma.empirical.level_power`. The levels an
+    upscale keeps are the native image's pixels, level 1: about 0.15 (SD latents: 1)."""
+    from lib_chroma.empirical import level_power
+
+    from .data import BASE, make_batch
+
+    x0 = torch.from_numpy(make_batch(n, seed, BASE)[0]).double()
+    return level_power(x0 - x0.mean(dim=0, keepdim=True), level)
+
+
+def make_plan(factor: tuple[int, int], steps: int, sampler: str = DEFAULT_SAMPLER, **kw: Any) -> GuidancePlan:
     """``GuidancePlan.build(factor, sigmas=<the sampler's sigmas>, **kw)`` for the toy schedule."""
-    sig = sampler_sigmas(A1111_LABELS.get(sampler, "Euler"), "Automatic", steps, toy_schedule())
+    sig = sampler_sigmas(A1111_LABELS[sampler], "Automatic", steps, toy_schedule())
     return GuidancePlan.build(factor, sigmas=sig, **kw)
 
 
@@ -107,15 +128,17 @@ def run_kdiff(
     steps: int,
     seed: int,
     plan: GuidancePlan | None = None,
-    sampler: str = "euler",
+    sampler: str = DEFAULT_SAMPLER,
     batch: int = 32,
     record: list[torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Plain (``plan=None``) or guided k-diffusion sampling at ``h x w``; ``record`` collects each step's
-    x0 prediction ``(steps, n, C, h, w)`` as a list of per-step tensors (concatenated over batches)."""
+    """Plain (``plan=None``) or guided k-diffusion sampling at ``h x w`` on the sigmas A1111 gives the sampler
+    with the "Automatic" scheduler (:func:`sampler_sigmas`: the discrete schedule for Euler, Karras for DPM++
+    2M); ``record`` collects each step's x0 prediction ``(steps, n, C, h, w)`` as a list of per-step tensors
+    (concatenated over batches)."""
     den = make_denoiser(model)  # type: ignore[arg-type]
-    sigmas = den.get_sigmas(steps)
+    sigmas = sampler_sigmas(A1111_LABELS[sampler], "Automatic", steps, toy_schedule()).to(torch.float32)
     model_fn = den if plan is None else UpsampleGuidedDenoiser(den, plan)
     fn = _ks(sampler)
     per_step: list[list[torch.Tensor]] = [[] for _ in range(steps)]
@@ -149,7 +172,7 @@ def run_hires(
     steps: int,
     strength: float,
     seed: int,
-    sampler: str = "euler",
+    sampler: str = DEFAULT_SAMPLER,
     batch: int = 32,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
@@ -205,7 +228,7 @@ def run_ddim(
     return _batched(n, batch, one, progress)
 
 
-def toy_report(steps: int, factor: tuple[int, int], plan: GuidancePlan | None, sampler: str = "euler",
+def toy_report(steps: int, factor: tuple[int, int], plan: GuidancePlan | None, sampler: str = DEFAULT_SAMPLER,
                levels: tuple[int, ...] = (1, 2, 4, 8), native: int = 32) -> dict[str, Any]:
     """A curves report (the keys of :func:`lib_chroma.curves.curves_report`, which is SD-family based) for the
     toy's schedule and sampler: ``r_m`` and ``c_m[i] = r_m(sigma_{i+1}) - r_m(sigma_i)`` per level, the
