@@ -51,7 +51,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
 
 def train(
-    steps: int = 1600,
+    steps: int = 3600,
     batch: int = 32,
     lr: float = 1.5e-3,
     warmup: int = 100,
@@ -121,11 +121,13 @@ def train(
 def train_main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m lib_chroma train [--steps N] [--out PATH] ...``; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m lib_chroma train", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--steps", type=int, default=3600)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: bit-reproducible)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2, about 27 min on two idle cores; a run is bit-reproducible "
+                        "on the same torch build and thread count)")
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--checkpoint-every", type=int, default=0)
     args = p.parse_args(argv)
