@@ -175,7 +175,7 @@ def test_one_batched_low_res_call_per_guided_step(web):
     assert all(s[0] == 4 for s in low)  # cond and uncond rows of both images in one call
     assert sizes[:2] == [(4, 4, 128, 128), (4, 4, 64, 64)]
     assert p.extra_generation_params["RC guided steps"] == "1-4/8"  # 1-based, as the readout
-    assert p.extra_generation_params["RC scale"] == "1.25"
+    assert p.extra_generation_params["RC scale"] == "1.5"  # the default scale
 
 
 def test_guided_output_matches_the_core(web):
