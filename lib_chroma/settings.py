@@ -157,9 +157,8 @@ FIELDS: tuple[FieldSpec, ...] = (
         "auto",
         "Window",
         "RC window",
-        "When guidance is active: auto (from the chromatogram: full weight until the level the low-res "
-        "model knows is half generated, fading to 0 when it is q_end generated), a sigma range, or step "
-        "fractions.",
+        "When guidance is active: auto (from the chromatogram: until the level the low-res model knows is "
+        "q_end generated, weighted by the shape), a sigma range, or step fractions.",
         choices=WINDOW_CHOICES,
     ),
     FieldSpec(
