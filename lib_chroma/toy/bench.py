@@ -194,6 +194,7 @@ def _factor_cells(
     m = math.sqrt(mh * mw)
     grid = f"{mh}x{mw}" if mh != mw else str(mh)
     s_chroma = runs.hires_chroma_strength(m, steps, sampler)
+    s_power: float | None = None
     methods: dict[str, Method] = {
         "plain": lambda s, k: runs.run_kdiff(model, k, h, w, steps, seed + s, batch=k, sampler=sampler),
     }
@@ -256,7 +257,7 @@ def _factor_cells(
         r["rel_pixel_evals"] = round(r["pixel_evals"] / ref["pixel_evals"], 4)
         r["rel_wall"] = round(r["wall_s"] / ref["wall_s"], 4)
     return {"size": f"{w}x{h}", "factor": [mh, mw], "hires_chroma_strength": s_chroma, "rows": rows,
-            "hires_chroma_strength_data_power": s_power if baselines else None}
+            "hires_chroma_strength_data_power": s_power}
 
 
 def run_bench(
