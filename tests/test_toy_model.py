@@ -115,11 +115,11 @@ def test_training_is_reproducible_and_weights_round_trip(tmp_path) -> None:  # n
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="shipped weights not present")
 def test_shipped_weights_load_and_sample() -> None:
-    from lib_chroma.toy.sampling import sample
+    from lib_chroma.toy.runs import CountingModel, run_kdiff
 
     assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 2**20
     m = load_model()
     assert 1_000_000 <= param_count(m) <= 4_000_000
-    x = sample(m, 4, 32, steps=6, seed=0)
+    x = run_kdiff(CountingModel(m), 4, 32, 32, 6, seed=0)
     assert x.shape == (4, 3, 32, 32) and torch.isfinite(x).all()
     assert x.abs().max() < 3

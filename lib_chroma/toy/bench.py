@@ -104,11 +104,12 @@ class _Acc:
         self.calls: dict[tuple[int, int], int] = {}
         self.pixel_evals = 0
 
-    def add(self, model: runs.CountingModel, seconds: float) -> None:
+    def add(self, counts: runs.CountingModel | _Acc, seconds: float) -> None:
+        """Add ``seconds`` and the calls and pixel-evals of a model's counters or of another accumulator."""
         self.wall += seconds
-        for size, c in model.calls.items():
+        for size, c in counts.calls.items():
             self.calls[size] = self.calls.get(size, 0) + c
-        self.pixel_evals += model.pixel_evals
+        self.pixel_evals += counts.pixel_evals
 
     def images(self) -> torch.Tensor:
         return torch.cat(self.imgs)
@@ -219,13 +220,16 @@ def _factor_cells(
                 (mh, mw), steps, sampler, scale=scale, window="fraction", window_range=fr, operator=operator)
     for label, kw in (extra_plans or {}).items():
         plans[label] = runs.make_plan((mh, mw), steps, sampler, **kw)
+    # every guided row with its plan and the sigmas its sampler calls the model at (expected cost)
+    guided = {label: (plan, runs.toy_sigmas(sampler, steps)) for label, plan in plans.items()}
     for label, plan in plans.items():
         methods[label] = lambda s, k, p=plan: runs.run_kdiff(model, k, h, w, steps, seed + s, plan=p, batch=k,
                                                              sampler=sampler)
-    ddim_guided = f"DDIM guidance auto via guide_eps ({shape} {q_end})"
     if ddim and fname == "2x":
         dplan = runs.make_plan((mh, mw), steps, scale=scale, window="auto", shape=shape, q_end=q_end,
                                operator=operator)
+        ddim_guided = f"DDIM guidance auto via guide_eps ({shape} {q_end})"
+        guided[ddim_guided] = (dplan, sampler_sigmas("DDIM", "Automatic", steps, runs.toy_schedule()))
         methods["DDIM plain (eps)"] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, batch=k)
         methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
     acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)))
@@ -233,15 +237,10 @@ def _factor_cells(
     rows: list[dict[str, Any]] = []
     for label, a in acc.items():
         if nat is not None and (label.startswith("hires") or label.startswith("upscale")):
-            a.wall += nat.wall  # these include their first pass
-            for size, c in nat.calls.items():
-                a.calls[size] = a.calls.get(size, 0) + c
-            a.pixel_evals += nat.pixel_evals
+            a.add(nat, nat.wall)  # these include their first pass
         row = _cell(label, a.images(), a, grid)
-        if label in plans or label == ddim_guided:
-            plan = plans.get(label, dplan if label == ddim_guided else None)
-            sig = sampler_sigmas("DDIM" if label == ddim_guided else runs.A1111_LABELS[sampler], "Automatic", steps,
-                                 runs.toy_schedule())
+        if label in guided:
+            plan, sig = guided[label]
             calls = len(sig) - 1
             row["active_steps"] = len(plan.active_steps(sig))
             row["expected_pixel_evals"] = round(1 + sum(
@@ -281,7 +280,7 @@ def run_bench(
     model = runs.CountingModel(load_model(weights))
     t_all = time.time()
     res: dict[str, Any] = {
-        "config": {"n": n, "steps": steps, "sampler": runs.A1111_LABELS[sampler], "seed": seed, "batch": batch,
+        "config": {"n": n, "steps": steps, "sampler": runs.a1111_label(sampler), "seed": seed, "batch": batch,
                    "scale": scale, "q_end": q_end, "shape": shape, "operator": operator,
                    "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
         "factors": {},

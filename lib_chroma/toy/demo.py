@@ -150,14 +150,14 @@ def demo_main(argv: list[str] | None = None) -> int:
     save_png(report, str(args.out / "chromatogram.png"))
     total = time.time() - t_start
     info = {
-        "n": n, "steps": steps, "sampler": runs.A1111_LABELS[smp], "seeds": [seed, seed + n - 1],
+        "n": n, "steps": steps, "sampler": runs.a1111_label(smp), "seeds": [seed, seed + n - 1],
         "hires_strengths": {"a1111": runs.A1111_HIRES_STRENGTH, "chromatography": s_chroma},
         "guidance_2x_window": plan2.window_steps(report["sigmas"]),
         "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
         "wall_s": round(total, 1), "table": table,
     }
     (args.out / "scores.json").write_text(json.dumps(info, indent=1, default=float))
-    print(f"toy demo: {n} seeds, {runs.A1111_LABELS[smp]} {steps} steps; hires strengths A1111 "
+    print(f"toy demo: {n} seeds, {runs.a1111_label(smp)} {steps} steps; hires strengths A1111 "
           f"{runs.A1111_HIRES_STRENGTH}, chromatography {s_chroma}; 2x guidance window steps "
           f"{info['guidance_2x_window']}")
     print(_fmt_table(table))

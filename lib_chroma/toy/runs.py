@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from lib_chroma import chromatography as chroma
 from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, guide_eps
 from lib_chroma.schedule import DiscreteSchedule, img2img_sigmas, sampler_sigmas
+from lib_chroma.validation import check_choice
 
 from .model import TinyUNet, scaled_linear_alphas_cumprod
 from .sampling import initial_noise, make_denoiser
@@ -73,13 +74,24 @@ class CountingModel(torch.nn.Module):
         return self.model(x, t)
 
 
+def a1111_label(sampler: str) -> str:
+    """The A1111 label of a k-diffusion sampler name, or a ValueError naming the allowed ones."""
+    return A1111_LABELS[check_choice("sampler", sampler, A1111_LABELS)]
+
+
+def toy_sigmas(sampler: str, steps: int) -> torch.Tensor:
+    """The sigmas A1111 gives ``sampler`` with the "Automatic" scheduler on the toy's schedule (float64):
+    the discrete schedule for Euler, Karras for DPM++ 2M."""
+    return sampler_sigmas(a1111_label(sampler), "Automatic", steps, toy_schedule())
+
+
 def hires_chroma_strength(m: float, steps: int, sampler: str = DEFAULT_SAMPLER, keep: float = CHROMA_KEEP,
                           power: float = 1.0) -> float:
     """:func:`lib_chroma.chromatography.hires_strength` on the toy schedule: the largest strength whose first
     hires sigma keeps ``m² P / (m² P + sigma_start²) >= keep``, i.e. ``sigma_start <= m sqrt(P (1 - keep) /
     keep)``. ``P = 1`` is the WebUI's rule (SD latents have unit variance); a level of power P behaves as the
     level ``m sqrt(P)`` of unit power, which is what is passed on."""
-    return chroma.hires_strength(m * math.sqrt(power), keep, A1111_LABELS[sampler], "Automatic", steps,
+    return chroma.hires_strength(m * math.sqrt(power), keep, a1111_label(sampler), "Automatic", steps,
                                  toy_schedule())
 
 
@@ -98,8 +110,7 @@ def data_power(level: int = 1, n: int = 512, seed: int = 7) -> float:
 
 def make_plan(factor: tuple[int, int], steps: int, sampler: str = DEFAULT_SAMPLER, **kw: Any) -> GuidancePlan:
     """``GuidancePlan.build(factor, sigmas=<the sampler's sigmas>, **kw)`` for the toy schedule."""
-    sig = sampler_sigmas(A1111_LABELS[sampler], "Automatic", steps, toy_schedule())
-    return GuidancePlan.build(factor, sigmas=sig, **kw)
+    return GuidancePlan.build(factor, sigmas=toy_sigmas(sampler, steps), **kw)
 
 
 def _ks(sampler: str) -> Callable[..., torch.Tensor]:
@@ -138,7 +149,7 @@ def run_kdiff(
     2M); ``record`` collects each step's x0 prediction ``(steps, n, C, h, w)`` as a list of per-step tensors
     (concatenated over batches)."""
     den = make_denoiser(model)  # type: ignore[arg-type]
-    sigmas = sampler_sigmas(A1111_LABELS[sampler], "Automatic", steps, toy_schedule()).to(torch.float32)
+    sigmas = toy_sigmas(sampler, steps).to(torch.float32)
     model_fn = den if plan is None else UpsampleGuidedDenoiser(den, plan)
     fn = _ks(sampler)
     per_step: list[list[torch.Tensor]] = [[] for _ in range(steps)]
@@ -179,7 +190,7 @@ def run_hires(
     """Second pass of hires fix on first-pass samples ``low``: ``x = upscale(low) + sigmas[0] * noise``, then
     the sampler on ``img2img_sigmas(..., steps, strength, fixed_steps=True)`` (``steps`` model calls)."""
     den = make_denoiser(model)  # type: ignore[arg-type]
-    sig = img2img_sigmas(A1111_LABELS[sampler], "Automatic", steps, strength, toy_schedule(), fixed_steps=True)
+    sig = img2img_sigmas(a1111_label(sampler), "Automatic", steps, strength, toy_schedule(), fixed_steps=True)
     sig = sig.to(torch.float32)
     fn = _ks(sampler)
 
@@ -233,12 +244,12 @@ def toy_report(steps: int, factor: tuple[int, int], plan: GuidancePlan | None, s
     """A curves report (the keys of :func:`lib_chroma.curves.curves_report`, which is SD-family based) for the
     toy's schedule and sampler: ``r_m`` and ``c_m[i] = r_m(sigma_{i+1}) - r_m(sigma_i)`` per level, the
     guidance window and weights of ``plan``; no prompt switch."""
-    sig = sampler_sigmas(A1111_LABELS[sampler], "Automatic", steps, toy_schedule())
+    sig = toy_sigmas(sampler, steps)
     n = sig.numel() - 1
     win = plan.window_steps(sig) if plan is not None else None
     return {
         "model": "toy",
-        "sampler": A1111_LABELS[sampler],
+        "sampler": a1111_label(sampler),
         "scheduler": "Automatic",
         "steps": int(steps),
         "sigmas": [round(float(v), 6) for v in sig],
