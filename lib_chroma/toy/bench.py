@@ -46,7 +46,7 @@ from lib_chroma import empirical
 from lib_chroma import guidance as G
 from lib_chroma.schedule import sampler_sigmas
 
-from . import data, runs, scorer
+from . import runs, scorer
 from .train import load_model
 
 DEFAULT_OUT = Path("outputs/bench")
@@ -149,10 +149,8 @@ def empirical_chromatography(
     settles at the first step with fraction ``>= 1/2``. The toy's data are not zero-mean (a light disc near the
     centre of every image), so predictions, finals and data are taken relative to the data's mean image
     ``mu = E[x0]`` (the x0 prediction as ``sigma -> inf``), and ``P_m = level_power(x0 - mu)``."""
-    sig = sampler_sigmas("Euler", "Automatic", steps, runs.toy_schedule())
-    x0 = torch.from_numpy(data.make_batch(n_data, seed, data.BASE)[0]).double()
-    mu = x0.mean(dim=0, keepdim=True)
-    x0 = x0 - mu
+    sig = runs.toy_sigmas("euler", steps)
+    x0, mu = runs.centred_data(n_data, seed)
     p = torch.stack(preds).double() - mu
     fin = final.double() - mu
     pa = torch.stack(preds_anc).double() - mu

@@ -96,16 +96,24 @@ def hires_chroma_strength(m: float, steps: int, sampler: str = DEFAULT_SAMPLER, 
 
 
 @functools.lru_cache(maxsize=4)
-def data_power(level: int = 1, n: int = 512, seed: int = 7) -> float:
-    """The toy data's signal power per pixel at ``level`` of the native image: the variance of
-    ``D_level(x0 - mu)`` (``mu`` the data's mean image), :func:`lib_chroma.empirical.level_power`. The levels an
-    upscale keeps are the native image's pixels, level 1: about 0.15 (SD latents: 1)."""
-    from lib_chroma.empirical import level_power
-
+def centred_data(n: int = 512, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0 - mu, mu)`` for ``n`` seeded native training images (float64), ``mu`` their mean image: the toy's
+    data are not zero-mean (a light disc near the centre of every image), and ``mu`` is what the x0 prediction
+    tends to as ``sigma -> inf``."""
     from .data import BASE, make_batch
 
     x0 = torch.from_numpy(make_batch(n, seed, BASE)[0]).double()
-    return level_power(x0 - x0.mean(dim=0, keepdim=True), level)
+    mu = x0.mean(dim=0, keepdim=True)
+    return x0 - mu, mu
+
+
+def data_power(level: int = 1) -> float:
+    """The toy data's signal power per pixel at ``level`` of the native image: the variance of
+    ``D_level(x0 - mu)`` (:func:`centred_data`, :func:`lib_chroma.empirical.level_power`). The levels an
+    upscale keeps are the native image's pixels, level 1: about 0.15 (SD latents: 1)."""
+    from lib_chroma.empirical import level_power
+
+    return level_power(centred_data()[0], level)
 
 
 def make_plan(factor: tuple[int, int], steps: int, sampler: str = DEFAULT_SAMPLER, **kw: Any) -> GuidancePlan:
