@@ -126,7 +126,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2,
-                   help="torch threads (default 2, about 27 min on two idle cores; a run is bit-reproducible "
+                   help="torch threads (default 2: the shipped weights took 28 min; a run is bit-reproducible "
                         "on the same torch build and thread count)")
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--checkpoint-every", type=int, default=0)
