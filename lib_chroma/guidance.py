@@ -19,6 +19,16 @@ Latent sizes a factor does not divide are replicate-padded (split evenly on both
 before pooling and the correction is cropped back: every pixel, the border too, gets a correction from the
 block that contains it, so no unguided strip and no seam appear.
 
+Moving grid (``grid="moving"``): a fixed pooling grid imprints itself, because the correction of every call
+changes the same m×m blocks. With the moving grid, model call ``phase`` of a pass pools on blocks shifted up
+and left by an offset ``(o_h, o_w)`` (:func:`grid_offset`: every offset of ``[0, m_h) × [0, m_w)`` once per
+``m_h m_w`` calls, the two axes moving together). The shifted grid
+keeps the pooled size ``ceil(H / m_h)``: the first block row starts up to ``m_h - 1`` rows above the image and
+is completed by replicating the image's first row (as for sizes a factor does not divide); where the last block
+row ends above the image's bottom, the rows below it take the correction of the block row above them, as
+bilinear upsampling does at a border. No block wraps around the image: content never crosses from one border
+to the other. ``D_o(denoised') = denoised_low`` holds on every block (nearest ``U``, w = 1) for every offset.
+
 Window: guidance is active while the finest level the low-resolution model knows (level m) is still being
 generated. By default ("auto" window, shape ``hold``) the weight is ``w`` until level m is ``q_end`` generated
 (``r_m = q_end``, i.e. ``sigma = m sqrt((1 - q_end) / q_end)``) and zero after; shape ``fade`` instead holds
@@ -57,6 +67,9 @@ __all__ = [
     "DEFAULT_OPERATOR",
     "SHAPES",
     "OPERATORS",
+    "GRIDS",
+    "DEFAULT_GRID",
+    "grid_offset",
 ]
 
 Factor = tuple[int, int]
@@ -73,6 +86,8 @@ DEFAULT_Q_END = 0.94
 DEFAULT_OPERATOR = "bilinear"
 SHAPES = ("fade", "hold", "constant")
 OPERATORS = ("nearest", "bilinear")
+GRIDS = ("fixed", "moving")
+DEFAULT_GRID = "fixed"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -126,33 +141,67 @@ def factor_levels(m_h: int, m_w: int, nested: bool = True) -> tuple[Factor, ...]
 # Operators
 # --------------------------------------------------------------------------------------------------------------
 
-def _pads(size: int, m: int) -> tuple[int, int]:
+def grid_offset(phase: int, m_h: int, m_w: int) -> tuple[int, int]:
+    """Offset ``(o_h, o_w)`` of the moving pooling grid at model call ``phase`` (0-based, per pass).
+
+    With ``j = phase mod (m_h m_w)``: ``o_h = j mod m_h``, ``o_w = (floor(j / m_h) + o_h) mod m_w``. Each cycle of
+    ``m_h m_w`` calls visits every offset once (for 2×2: (0,0), (1,1), (0,1), (1,0)); ``phase`` 0 is the fixed
+    grid."""
+    check_int("phase", phase, 0)
+    j = phase % (m_h * m_w)
+    o_h = j % m_h
+    return o_h, (j // m_h + o_h) % m_w
+
+
+def _check_offset(offset: tuple[int, int], m_h: int, m_w: int) -> tuple[int, int]:
+    o_h, o_w = int(offset[0]), int(offset[1])
+    if not (0 <= o_h < m_h and 0 <= o_w < m_w):
+        raise ValueError(f"offset: must be in [0, {m_h}) x [0, {m_w}), got {tuple(offset)}")
+    return o_h, o_w
+
+
+def _span(size: int, m: int, o: int) -> tuple[int, int, int]:
+    """``(top, bottom, n)``: replicate rows added above and below an axis of ``size`` and the pooled size ``n``.
+
+    ``n = ceil(size / m)``; the grid starts ``top = (t + o) mod m`` rows above the image, ``t = floor(p / 2)``,
+    ``p = (-size) mod m`` (the fixed grid's even padding, ``o = 0``); ``bottom = max(0, p - top)``. The
+    ``max(0, top - p)`` rows below the last block belong to no block."""
     total = (-size) % m
-    return total // 2, total - total // 2
+    top = (total // 2 + o) % m
+    return top, max(0, total - top), (size + total) // m
 
 
-def pool(x: torch.Tensor, m_h: int, m_w: int) -> torch.Tensor:
-    """``D``: (m_h × m_w) average pooling of a (B, C, H, W) tensor; H, W not divisible are replicate-padded
-    evenly on both sides first, so the output is ``(ceil(H/m_h), ceil(W/m_w))``."""
+def pool(x: torch.Tensor, m_h: int, m_w: int, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``D``: (m_h × m_w) average pooling of a (B, C, H, W) tensor, output ``(ceil(H/m_h), ceil(W/m_w))``.
+
+    Sizes a factor does not divide are replicate-padded evenly on both sides first (``t = floor(p/2)`` rows
+    on top, ``p - t`` below, ``p = (-H) mod m_h``). ``offset`` ``(o_h, o_w)`` moves the grid up and left: the
+    blocks start ``(t + o_h) mod m_h`` rows above the image (those rows replicate its first row; never a whole
+    block of them) and rows below the last block belong to no block (see :func:`unpool`)."""
     if x.dim() != 4:
         raise ValueError(f"x: must be (B, C, H, W), got shape {tuple(x.shape)}")
     if m_h == 1 and m_w == 1:
         return x
-    t, b = _pads(x.shape[-2], m_h)
-    left, right = _pads(x.shape[-1], m_w)
-    if t or b or left or right:
-        x = F.pad(x, (left, right, t, b), mode="replicate")
-    return F.avg_pool2d(x, (m_h, m_w), (m_h, m_w))
+    o_h, o_w = _check_offset(offset, m_h, m_w)
+    top, bottom, n_h = _span(x.shape[-2], m_h, o_h)
+    left, right, n_w = _span(x.shape[-1], m_w, o_w)
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), mode="replicate")
+    return F.avg_pool2d(x[..., :n_h * m_h, :n_w * m_w], (m_h, m_w), (m_h, m_w))
 
 
-def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator: str = "nearest") -> torch.Tensor:
-    """``U``: upsample (B, C, h, w) by (m_h, m_w) and crop the padding :func:`pool` added, giving ``size``.
+def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator: str = "nearest",
+           offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``U``: upsample (B, C, h, w) by (m_h, m_w) on the grid :func:`pool` used (same ``offset``) and crop to
+    ``size``.
 
     ``nearest`` repeats each value over its block (``D∘U = I`` exactly); ``bilinear`` interpolates between
-    block centres (smoother, ``D∘U ≈ I``)."""
+    block centres (smoother, ``D∘U ≈ I``). Image rows below the last block of a moved grid (fewer than ``m_h``)
+    repeat the last upsampled row, as bilinear interpolation does at a border."""
     H, W = size
     if m_h == 1 and m_w == 1 and (y.shape[-2], y.shape[-1]) == (H, W):
         return y
+    o_h, o_w = _check_offset(offset, m_h, m_w)
     full = (y.shape[-2] * m_h, y.shape[-1] * m_w)
     if operator == "nearest":
         up = y.repeat_interleave(m_h, dim=-2).repeat_interleave(m_w, dim=-1)
@@ -160,9 +209,11 @@ def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator:
         up = F.interpolate(y, size=full, mode="bilinear", align_corners=False)
     else:
         raise ValueError(f"operator: unknown {operator!r}; allowed: {', '.join(OPERATORS)}")
-    t, _ = _pads(H, m_h)
-    left, _ = _pads(W, m_w)
-    return up[..., t:t + H, left:left + W]
+    top, left = _span(H, m_h, o_h)[0], _span(W, m_w, o_w)[0]
+    short_h, short_w = max(0, top + H - full[0]), max(0, left + W - full[1])
+    if short_h or short_w:
+        up = F.pad(up, (0, short_w, 0, short_h), mode="replicate")
+    return up[..., top:top + H, left:left + W]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -180,6 +231,8 @@ class GuidancePlan:
     ``hold`` it is ``w`` until level M is q_end generated and zero after.
     ``power``: the data's signal power per pooled pixel P, which makes the ratio ``M² P / (M² P + sigma²)``;
     SD latents are scaled to unit variance (P = 1); other data (e.g. the toy's pixels) state theirs.
+    ``grid``: ``fixed`` pools every call on the same blocks; ``moving`` shifts them by :func:`grid_offset` of
+    the call's phase (see the module docstring).
     """
 
     levels: tuple[Factor, ...]
@@ -190,6 +243,7 @@ class GuidancePlan:
     q_end: float = DEFAULT_Q_END
     operator: str = DEFAULT_OPERATOR
     power: float = 1.0
+    grid: str = DEFAULT_GRID
     cumulative: tuple[float, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,6 +258,7 @@ class GuidancePlan:
         check_number("q_end", self.q_end, 0.5 + 1e-6, 1.0 - 1e-9)
         check_choice("operator", self.operator, OPERATORS)
         check_number("power", self.power, 1e-6, 1e6)
+        check_choice("grid", self.grid, GRIDS)
         cum, acc = [], 1.0
         for mh, mw in self.levels:
             acc *= math.sqrt(mh * mw)
@@ -224,6 +279,12 @@ class GuidancePlan:
         if self.shape == "hold":
             return float(self.scale) if r < self.q_end else 0.0
         return float(self.scale) * min(1.0, max(0.0, (self.q_end - r) / (self.q_end - 0.5)))
+
+    def offset(self, level: int, phase: int) -> tuple[int, int]:
+        """Pooling-grid offset of ``level`` at model call ``phase``: (0, 0) for the fixed grid."""
+        if self.grid == "fixed":
+            return (0, 0)
+        return grid_offset(phase, *self.levels[level])
 
     def active(self, sigma: float) -> bool:
         """Whether any model call is made at this sigma (the finest level's weight is non-zero)."""
@@ -253,6 +314,7 @@ class GuidancePlan:
         operator: str = DEFAULT_OPERATOR,
         nested: bool = True,
         power: float = 1.0,
+        grid: str = DEFAULT_GRID,
     ) -> GuidancePlan:
         """Make a plan from user-facing settings.
 
@@ -276,11 +338,11 @@ class GuidancePlan:
             n = s.numel() - 1
             steps = [i for i in range(n) if f0 <= i / n < f1 or (f1 == 1.0 and i == n - 1 and f0 <= i / n)]
             if not steps:
-                return cls((), scale, shape=shape, q_end=q_end, operator=operator, power=power)
+                return cls((), scale, shape=shape, q_end=q_end, operator=operator, power=power, grid=grid)
             hi, lo = float(s[steps[0]]), float(s[steps[-1]])
             # with fractions the user asked for these exact steps: a constant weight, no fade
             shape = "constant"
-        return cls(levels, float(scale), hi, lo, shape, q_end, operator, power)
+        return cls(levels, float(scale), hi, lo, shape, q_end, operator, power, grid)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -300,6 +362,7 @@ def _guide(
     plan: GuidancePlan,
     level: int,
     sigma_full: torch.Tensor,
+    phase: int,
 ) -> torch.Tensor:
     if level >= len(plan.levels):
         return denoised
@@ -307,13 +370,14 @@ def _guide(
     if not bool((w != 0).any()):
         return denoised
     mh, mw = plan.levels[level]
-    x_low = pool(x, mh, mw)
+    off = plan.offset(level, phase)
+    x_low = pool(x, mh, mw, off)
     s_low = sigma / math.sqrt(mh * mw)
     d_low = denoise_low(x_low, s_low)
     if d_low.shape != x_low.shape:
         raise ValueError(f"denoise_low: returned shape {tuple(d_low.shape)}, expected {tuple(x_low.shape)}")
-    d_low = _guide(x_low, s_low, d_low, denoise_low, plan, level + 1, sigma_full)
-    corr = unpool(d_low - pool(denoised, mh, mw), mh, mw, (x.shape[-2], x.shape[-1]), plan.operator)
+    d_low = _guide(x_low, s_low, d_low, denoise_low, plan, level + 1, sigma_full, phase)
+    corr = unpool(d_low - pool(denoised, mh, mw, off), mh, mw, (x.shape[-2], x.shape[-1]), plan.operator, off)
     wt = w.to(device=denoised.device, dtype=denoised.dtype).view(-1, *([1] * (denoised.dim() - 1)))
     return denoised + wt * corr
 
@@ -337,18 +401,20 @@ def guide_x0(
     denoised: torch.Tensor,
     denoise_low: LowDenoiser,
     plan: GuidancePlan,
+    phase: int = 0,
 ) -> torch.Tensor:
     """Upsample guidance in x0/VE form.
 
     ``x`` (B, C, H, W) noisy latents ``x0 + sigma eps``; ``sigma`` per row; ``denoised`` the model's x0
     prediction for x. ``denoise_low(x_low, sigma_low)`` returns the x0 prediction for pooled rows (all rows in
-    one call: cond and uncond together). Returns a new tensor; exactly one ``denoise_low`` call per level with
-    non-zero weight, none outside the window."""
+    one call: cond and uncond together). ``phase``: the index of this model call in its pass, which places the
+    moving grid (ignored by the fixed grid). Returns a new tensor; exactly one ``denoise_low`` call per level
+    with non-zero weight, none outside the window."""
     s = _check_inputs(x, torch.as_tensor(sigma), denoised)
     if not plan.enabled:
         return denoised
     s_model = s if s.is_floating_point() else s.to(torch.float32)
-    return _guide(x, s_model, denoised, denoise_low, plan, 0, s)
+    return _guide(x, s_model, denoised, denoise_low, plan, 0, s, phase)
 
 
 def guide_eps(
@@ -360,6 +426,7 @@ def guide_eps(
     schedule: DiscreteSchedule,
     *,
     integer_timesteps: bool = False,
+    phase: int = 0,
 ) -> torch.Tensor:
     """Upsample guidance in eps/VP form for timestep samplers.
 
@@ -370,7 +437,7 @@ def guide_eps(
     The low call gets the fractional timestep of ``sigma/m``. With ``integer_timesteps`` (for wrappers that
     index ``alphas_cumprod[t]``, e.g. A1111's v-to-eps conversion) it gets the nearest integer timestep and
     the input scaling and x0 conversion use that timestep's own sigma (at most half a table step from
-    ``sigma/m``)."""
+    ``sigma/m``). ``phase`` as in :func:`guide_x0`."""
     tt = _check_inputs(x_t, torch.as_tensor(t), eps)
     if not plan.enabled:
         return eps
@@ -392,7 +459,7 @@ def guide_eps(
         e = eps_low(x_low * sa, t_low)
         return x_low - s64.to(device=x_low.device, dtype=x_low.dtype).view(-1, 1, 1, 1) * e
 
-    guided = _guide(x, sigma64.to(x.device), denoised, low, plan, 0, sigma64)
+    guided = _guide(x, sigma64.to(x.device), denoised, low, plan, 0, sigma64, phase)
     return (x - guided) / sig
 
 
@@ -400,7 +467,9 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
     """Wraps a k-diffusion-style denoiser ``model(x, sigma, **kwargs) -> x0`` with upsample guidance.
 
     The low-resolution call passes the same keyword arguments (conditioning) unless ``low_kwargs`` maps them
-    to something else (e.g. to pool spatial conditioning). ``calls`` counts model evaluations per resolution."""
+    to something else (e.g. to pool spatial conditioning). ``calls`` counts model evaluations per resolution;
+    ``phase`` counts the full-resolution calls since :meth:`reset` (one sampling run: reset before each), which
+    places the moving grid."""
 
     def __init__(
         self,
@@ -413,6 +482,11 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
         self.plan = plan
         self.low_kwargs = low_kwargs
         self.calls: dict[tuple[int, int], int] = {}
+        self.phase = 0
+
+    def reset(self) -> None:
+        """Start a new sampling run: the next call has phase 0 (the counts are kept)."""
+        self.phase = 0
 
     def _count(self, x: torch.Tensor) -> None:
         key = (int(x.shape[-2]), int(x.shape[-1]))
@@ -427,4 +501,5 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
             kw = self.low_kwargs(kwargs, (x_low.shape[-2], x_low.shape[-1])) if self.low_kwargs else kwargs
             return self.inner(x_low, s_low, **kw)
 
-        return guide_x0(x, sigma, denoised, low, self.plan)
+        phase, self.phase = self.phase, self.phase + 1
+        return guide_x0(x, sigma, denoised, low, self.plan, phase)

@@ -295,3 +295,164 @@ def test_hold_shape_keeps_full_weight_until_q_end():
     assert p.weight(0, 1.0) == 1.0 and p.weight(0, edge * 1.01) == 1.0 and p.weight(0, edge * 0.99) == 0.0
     p4 = G.GuidancePlan.build((4, 4), shape="hold", q_end=0.94, scale=1.0)
     assert p4.weight(0, 0.8) == 1.0 and p4.weight(1, 0.8) == 0.0  # the coarser level is done sooner
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Moving pooling grid
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mh, mw", [(2, 2), (3, 3), (3, 2), (2, 1), (4, 4), (2, 3)])
+def test_grid_offset_visits_every_offset_once_per_cycle(mh, mw):
+    n = mh * mw
+    for start in (0, n, 5 * n):
+        offs = [G.grid_offset(start + i, mh, mw) for i in range(n)]
+        assert sorted(offs) == [(a, b) for a in range(mh) for b in range(mw)]
+    assert G.grid_offset(0, mh, mw) == (0, 0)
+    with pytest.raises(ValueError, match="^phase:"):
+        G.grid_offset(-1, mh, mw)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 15), (9, 12)])
+@pytest.mark.parametrize("mh, mw", [(2, 2), (3, 2), (3, 3)])
+def test_moved_pool_keeps_the_size_and_unpool_inverts_it(size, mh, mw):
+    x = torch.randn(2, 3, *size)
+    fixed = G.pool(x, mh, mw)
+    for phase in range(mh * mw):
+        off = G.grid_offset(phase, mh, mw)
+        y = G.pool(x, mh, mw, off)
+        assert y.shape == fixed.shape
+        assert torch.allclose(G.pool(G.unpool(y, mh, mw, size, "nearest", off), mh, mw, off), y, atol=1e-6)
+        assert G.unpool(y, mh, mw, size, "bilinear", off).shape == x.shape
+    with pytest.raises(ValueError, match="^offset:"):
+        G.pool(x, mh, mw, (mh, 0))
+
+
+def test_moved_block_is_the_mean_of_the_shifted_pixels():
+    x = torch.arange(36.0).view(1, 1, 6, 6)
+    y = G.pool(x, 2, 2, (1, 1))
+    # blocks start one row and one column above/left of the image: the first replicates row/column 0
+    assert float(y[0, 0, 0, 0]) == 0.0
+    assert float(y[0, 0, 1, 1]) == float(x[0, 0, 1:3, 1:3].mean())
+    assert float(y[0, 0, 2, 2]) == float(x[0, 0, 3:5, 3:5].mean())  # row/column 5 is below the last block
+    # 7 rows by 3: the fixed grid pads one row above and one below; offsets 1, 2 start the grid 2, 0 rows above
+    x7 = torch.arange(7.0).view(1, 1, 7, 1)
+    assert G.pool(x7, 3, 1).flatten().tolist() == pytest.approx([(0 + 0 + 1) / 3, 3.0, (5 + 6 + 6) / 3])
+    assert G.pool(x7, 3, 1, (1, 0)).flatten().tolist() == [0.0, 2.0, 5.0]
+    assert G.pool(x7, 3, 1, (2, 0)).flatten().tolist() == [1.0, 4.0, 6.0]
+    low = torch.tensor([0.0, 2.0, 5.0]).view(1, 1, 3, 1)
+    assert G.unpool(low, 3, 1, (7, 1), "nearest", (2, 0)).flatten().tolist() == [0, 0, 0, 2, 2, 2, 5]
+
+
+@pytest.mark.parametrize("size, factor", [((16, 16), (2, 2)), ((13, 15), (2, 2)), ((18, 12), (3, 2))])
+def test_moving_grid_keeps_block_means_at_the_low_prediction(size, factor):
+    """Nearest U, w = 1: on the call's own grid every block mean of the result is the low-res prediction."""
+    model = CountingModel()
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    s = torch.full((2,), 2.0, dtype=torch.float64)
+    d = model(x, s)
+    p = plan(factor, scale=1.0, operator="nearest", grid="moving")
+    for phase in range(factor[0] * factor[1]):
+        off = p.offset(0, phase)
+        out = G.guide_x0(x, s, d, model, p, phase)
+        low = model(G.pool(x, *factor, off), s / math.sqrt(factor[0] * factor[1]))
+        assert torch.allclose(G.pool(out, *factor, off), low, atol=1e-10)
+
+
+@pytest.mark.parametrize("operator", ["nearest", "bilinear"])
+def test_moving_grid_never_wraps_content_across_the_border(operator):
+    """Changing the bottom rows may change the corrections near them, never those at the top of the image
+    (a circular shift of the grid would carry them there)."""
+    model = CountingModel()
+    x = torch.randn(1, 4, 16, 16)
+    s = torch.full((1,), 2.0)
+    x2 = x.clone()
+    x2[..., 12:, :] += 3.0
+    x2[..., :, 12:] += 3.0
+    p = plan((2, 2), scale=1.0, operator=operator, grid="moving")
+    for phase in range(4):
+        a = G.guide_x0(x, s, model(x, s), model, p, phase)
+        b = G.guide_x0(x2, s, model(x2, s), model, p, phase)
+        assert torch.equal(a[..., :8, :8], b[..., :8, :8])
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 15)])
+def test_moving_grid_leaves_no_pixel_unguided(size):
+    x = torch.randn(2, 4, *size)
+    s = torch.full((2,), 2.0)
+    d = torch.zeros_like(x)
+    for factor in ((2, 2), (3, 2), (4, 4)):
+        for operator in ("nearest", "bilinear"):
+            p = plan(factor, scale=0.8, operator=operator, grid="moving")
+            for phase in range(6):
+                out = G.guide_x0(x, s, d, lambda xl, sl: torch.ones_like(xl), p, phase)
+                assert torch.allclose(out, torch.full_like(x, 0.8))
+
+
+def test_moving_grid_is_deterministic_and_phase_dependent():
+    model = CountingModel()
+    x = torch.randn(2, 4, 16, 16)
+    s = torch.full((2,), 2.0)
+    d = model(x, s)
+    moving, fixed = plan((2, 2), grid="moving"), plan((2, 2), grid="fixed")
+    outs = [G.guide_x0(x, s, d, model, moving, k) for k in range(4)]
+    assert torch.equal(outs[1], G.guide_x0(x, s, d, model, moving, 1))
+    assert torch.equal(outs[0], G.guide_x0(x, s, d, model, fixed, 0))  # phase 0 is the fixed grid
+    assert all(not torch.equal(outs[0], o) for o in outs[1:])
+    assert torch.equal(outs[0], G.guide_x0(x, s, d, model, moving, 4))  # the cycle repeats
+    assert all(torch.equal(outs[0], G.guide_x0(x, s, d, model, fixed, k)) for k in range(4))
+
+
+def test_moving_grid_nested_levels_one_call_each():
+    model = CountingModel()
+    x = torch.randn(3, 4, 32, 32)
+    s = torch.full((3,), 4.0)
+    d = model(x, s)
+    model.calls.clear()
+    p = plan((4, 4), grid="moving")
+    assert p.offset(0, 1) == (1, 1) and p.offset(1, 1) == (1, 1)
+    G.guide_x0(x, s, d, model, p, phase=1)
+    assert model.calls == [(3, 16, 16), (3, 8, 8)]
+
+
+def test_eps_form_equals_x0_form_on_a_moved_grid():
+    model = CountingModel()
+
+    def eps_model(x_t, t):
+        sig = SD.t_to_sigma(t.double()).to(x_t.dtype).view(-1, 1, 1, 1)
+        x = x_t * (1 + sig**2).sqrt()
+        return (x - model(x, sig.flatten())) / sig
+
+    t = torch.tensor([600.0, 600.0], dtype=torch.float64)
+    sig = SD.t_to_sigma(t).view(-1, 1, 1, 1)
+    x_t = torch.randn(2, 4, 14, 18, dtype=torch.float64)
+    p = plan((2, 3), scale=1.2, grid="moving")
+    for phase in (1, 4):
+        guided_eps = G.guide_eps(x_t, t, eps_model(x_t, t), eps_model, p, SD, phase=phase)
+        x = x_t * (1 + sig**2).sqrt()
+        guided_x0 = G.guide_x0(x, sig.flatten(), model(x, sig.flatten()), model, p, phase)
+        assert torch.allclose(x - sig * guided_eps, guided_x0, atol=1e-8)
+
+
+def test_wrapper_advances_the_phase_per_call_and_resets():
+    seen = []
+    inner = CountingModel()
+    p = plan((2, 2), grid="moving")
+
+    def low_spy(x, s, **kw):
+        seen.append(float(x.flatten()[0]))
+        return inner(x, s)
+
+    wrapped = G.UpsampleGuidedDenoiser(low_spy, p)
+    x = torch.arange(2 * 4 * 16 * 16, dtype=torch.float32).view(2, 4, 16, 16) / 1000
+    s = torch.full((2,), 3.0)
+    for _ in range(3):
+        wrapped(x, s)
+    assert wrapped.phase == 3
+    wrapped.reset()
+    assert wrapped.phase == 0
+    wrapped(x, s)
+    # calls alternate full / low: the low inputs' first pixel shows the grid each call used
+    lows = seen[1::2]
+    assert lows[0] == lows[3] and lows[0] != lows[1]
+    with pytest.raises(ValueError, match="^grid:"):
+        G.GuidancePlan.build((2, 2), grid="wobbly")

@@ -165,6 +165,8 @@ def run_kdiff(
     def one(start: int, m: int) -> torch.Tensor:
         torch.manual_seed(seed + start)
         x = initial_noise(m, h, w, seed + start) * sigmas[0]
+        if isinstance(model_fn, UpsampleGuidedDenoiser):
+            model_fn.reset()  # each batch is its own sampling run: the moving grid starts at phase 0
         cb = None
         if record is not None:
             def cb(d: dict) -> None:
@@ -238,7 +240,7 @@ def run_ddim(
             tt = torch.full((m,), t)
             eps = model(x, tt)
             if plan is not None:
-                eps = guide_eps(x, tt, eps, model, plan, sched)
+                eps = guide_eps(x, tt, eps, model, plan, sched, phase=i)
             a, ap = abars[i], abars[i + 1]
             x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
             x = math.sqrt(ap) * x0 + math.sqrt(1 - ap) * eps
