@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from lib_chroma.guidance import (
+    DEFAULT_GRID,
     DEFAULT_OPERATOR,
     DEFAULT_Q_END,
     DEFAULT_SCALE,
     DEFAULT_SHAPE,
+    GRIDS,
     OPERATORS,
     SHAPES,
     WINDOW_MODES,
@@ -98,6 +100,9 @@ SHAPE_CHOICES: tuple[str, ...] = SHAPES
 OPERATOR_CHOICES: tuple[str, ...] = OPERATORS
 PASS_CHOICES: tuple[str, ...] = ("first", "hires", "both")
 PROMPT_MODE_CHOICES: tuple[str, ...] = ("off", "fields", "marker")
+GRID_CHOICES: tuple[str, ...] = GRIDS
+#: The grid of images whose infotext predates the ``RC grid`` key (pasting them must reproduce them).
+LEGACY_GRID = "fixed"
 
 #: The table. ORDER MATTERS: it is the positional API order; append new fields at the end only.
 FIELDS: tuple[FieldSpec, ...] = (
@@ -309,6 +314,16 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.95,
         0.05,
     ),
+    FieldSpec(
+        "grid",
+        "choice",
+        DEFAULT_GRID,
+        "Pooling grid",
+        "RC grid",
+        "moving: the m×m pooling blocks shift from model call to model call, so no block grid is imprinted; "
+        "fixed: the same blocks every call.",
+        choices=GRID_CHOICES,
+    ),
 )
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
@@ -328,6 +343,7 @@ _GUIDANCE_DEFAULTS: dict[str, Any] = {
     "shape": DEFAULT_SHAPE,
     "q_end": DEFAULT_Q_END,
     "operator": DEFAULT_OPERATOR,
+    "grid": DEFAULT_GRID,
     "switch_q": 0.5,
 }
 # Same guidance for every family until it is measured per family (only the toy model was measured here);
@@ -440,6 +456,7 @@ class RCSettings:
     marker: str = ">>"
     switch_level: int = 4
     switch_q: float = 0.5
+    grid: str = DEFAULT_GRID
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -502,6 +519,7 @@ class RCSettings:
             "RC operator": self.operator,
             "RC nested": "true" if self.nested else "false",
             "RC passes": self.passes,
+            "RC grid": self.grid,
         }
         if self.prompt_mode != "off":
             out["RC prompts"] = self.prompt_mode
@@ -628,6 +646,7 @@ def _parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
         ("RC operator", "operator"),
         ("RC nested", "nested"),
         ("RC passes", "passes"),
+        ("RC grid", "grid"),
         ("RC prompts", "prompt_mode"),
         ("RC layout", "layout_prompt"),
         ("RC detail", "detail_prompt"),
@@ -646,10 +665,11 @@ def _parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
 def from_infotext(params: Mapping[str, str]) -> RCSettings | None:
     """The settings an image was made with, or None when its infotext has no ``RC scale`` key.
 
-    Fields absent from the infotext take their defaults (so pasting reproduces the generation)."""
+    Fields absent from the infotext take their defaults (so pasting reproduces the generation), except the
+    pooling grid: infotext without ``RC grid`` predates the moving grid and was made with :data:`LEGACY_GRID`."""
     if INFOTEXT_MARKER not in params:
         return None
-    return RCSettings(enabled=True, **_parse_infotext(params))
+    return RCSettings(enabled=True, **{"grid": LEGACY_GRID, **_parse_infotext(params)})
 
 
 def infotext_value(name: str, params: Mapping[str, str]) -> Any:

@@ -489,3 +489,44 @@ def test_positional_enabled_accepts_api_booleans(web):
     p = make_p(web)
     run(web, p, ["maybe"], inner, size=(32, 32))
     assert "enabled" in p.extra_generation_params["RC error"]
+
+
+def test_moving_grid_phase_counts_model_calls_per_pass_and_generation(web, tmp_path, monkeypatch):
+    """Phase k of the moving grid is the pass's k-th model call; every generation and pass restarts at 0, so the
+    same request gives the same image, and guided calls outside the window still advance it."""
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
+    args = [{"grid": "moving", "window": "fraction", "window_start": 0.25, "window_end": 1.0, "factor_h": 2,
+             "factor_w": 2}]
+    p1, p2 = make_p(web), make_p(web)
+    out1 = run(web, p1, args, Inner(), size=(32, 32))
+    out2 = run(web, p2, args, Inner(), size=(32, 32))
+    assert torch.equal(out1, out2)
+    rec = json.loads(p2.extra_generation_params["RC debug"])
+    assert [c["phase"] for c in rec["calls"]] == list(range(8))
+    assert [c["low_calls"] for c in rec["calls"]] == [0, 0] + [1] * 6
+    assert p2.extra_generation_params["RC grid"] == "moving"
+    fixed = run(web, make_p(web), [{**args[0], "grid": "fixed"}], Inner(), size=(32, 32))
+    assert not torch.equal(out1, fixed)
+    # the hires pass has its own counter
+    a = web.a1111
+    p = make_p(web, enable_hr=True)
+    a.on_process(p, ({"grid": "moving", "passes": "both", "shape": "constant"},))
+    a.on_before_sampling(p, torch.zeros(1, 4, 128, 128))
+    a.current().current.calls = 5
+    p.is_hr_pass = True
+    a.on_before_sampling(p, torch.zeros(1, 4, 256, 256))
+    assert a.current().current.hires and a.current().current.calls == 0
+
+
+def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web):
+    from lib_chroma.guidance import pool
+
+    inner = Inner()
+    ic = torch.randn(1, 5, 16, 16)
+    run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2, "grid": "moving"}], inner,
+        size=(16, 16), image_cond=ic)
+    low = [c for c in inner.calls if c[0][-1] == 8]
+    assert len(low) == 2
+    for phase, call in enumerate(low):
+        expected = pool(ic, 2, 2, (phase, phase))  # offsets (0, 0) then (1, 1)
+        torch.testing.assert_close(call[2]["c_concat"][0], torch.cat([expected, expected]))

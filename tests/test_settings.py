@@ -184,3 +184,16 @@ def test_default_preset_from_the_settings_section():
     assert S.from_dict({}, family="sd1", default_preset="SDXL").scale == S.PRESETS["SDXL"]["scale"]
     assert S.from_dict({"preset": "SD1.5"}, family="sdxl", default_preset="SDXL").switch_level == 4
     assert S.from_args([{}], family="sd1", default_preset="SDXL").switch_level == 8
+
+
+def test_grid_field_round_trips_and_old_infotext_pastes_as_fixed():
+    s = S.RCSettings(enabled=True, grid="moving")
+    assert s.to_infotext()["RC grid"] == "moving"
+    assert S.from_infotext({k: str(v) for k, v in s.to_infotext().items()}).grid == "moving"
+    old = {k: str(v) for k, v in s.to_infotext().items() if k != "RC grid"}  # made before the field existed
+    assert S.from_infotext(old).grid == S.LEGACY_GRID == "fixed"
+    assert S.infotext_value("grid", old) == "fixed"
+    assert S.from_dict({"grid": "Moving"}).grid == "moving"
+    with pytest.raises(ValueError, match="^grid: must be one of 'fixed', 'moving'"):
+        S.from_dict({"grid": "wobbly"})
+    assert S.FIELD_NAMES[-1] == "grid"  # appended: older positional API calls keep their meaning

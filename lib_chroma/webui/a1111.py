@@ -77,6 +77,7 @@ class PassPlan:
     latent: tuple[int, int]
     sigmas: list[float] | None
     schedule: DiscreteSchedule | None = None
+    calls: int = 0  # model calls of this pass so far: the phase of the moving pooling grid
 
 
 @dataclass
@@ -291,6 +292,7 @@ def on_before_sampling(p: Any, x: torch.Tensor) -> None:
             q_end=s.q_end,
             operator=s.operator,
             nested=s.nested,
+            grid=s.grid,
         )
     except Exception as e:  # noqa: BLE001 - never raise into the sampler
         _fail(st, f"cannot plan guidance ({type(e).__name__}: {e})")
@@ -472,6 +474,8 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
             torch.as_tensor(ac).detach().double().cpu(),
             getattr(shared.sd_model, "parameterization", "eps") == "v",
         )
+    phase = pp.calls
+    pp.calls += 1
     sig_rows = sigma_in.detach().double().cpu()
     full_sigma = (
         pp.schedule.t_to_sigma(sig_rows.clamp(0, pp.schedule.num_timesteps - 1)) if timestep else sig_rows
@@ -481,6 +485,7 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         record = {
             "pass": "hires" if pp.hires else "first",
             "call": int(getattr(den, "step", -1)),
+            "phase": phase,
             "sigma": float(full_sigma[0]),
             "weights": [pp.plan.weight(k, float(full_sigma.max())) for k in range(len(pp.plan.levels))],
             "low_calls": 0,
@@ -526,16 +531,18 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         (x_in.shape[-2], x_in.shape[-1]),
         vector_for=vector_for,
         chunk=chunk,
+        phase=phase,
     )
     t0 = time.perf_counter()
     xs, outs = x_in[:rows], x_out[:rows]
     if timestep:
         # A1111's v-to-eps wrapper indexes alphas_cumprod[t]: give the low call integer timesteps there
         guided = guide_eps(
-            xs, sigma_in[:rows], outs, call, pp.plan, pp.schedule, integer_timesteps=pp.schedule.v_prediction
+            xs, sigma_in[:rows], outs, call, pp.plan, pp.schedule, integer_timesteps=pp.schedule.v_prediction,
+            phase=phase,
         )
     else:
-        guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan)
+        guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan, phase)
     st.low_seconds += time.perf_counter() - t0
     st.low_calls += call.calls
     if record is not None:

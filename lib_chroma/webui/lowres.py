@@ -108,7 +108,8 @@ class LowResCall:
     when cond and uncond concatenate). ``make_cond(text, image)`` builds the conditioning dict as the host
     does.
     ``chunk``: at most this many rows per call (the host's "batch cond/uncond" off), None = no limit.
-    ``plan`` gives the levels, so the spatial image cond can be pooled level by level.
+    ``plan`` gives the levels and ``phase`` this model call's index in its pass, so the spatial image cond is
+    pooled level by level on the same (moving) grid as ``x``.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class LowResCall:
         vector_for: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
         chunk: int | None = None,
         latent_factor: int = 8,
+        phase: int = 0,
     ) -> None:
         self.inner = inner
         self.groups = list(groups)
@@ -142,8 +144,8 @@ class LowResCall:
         self._image = image_cond
         if spatial:
             img = image_cond
-            for mh, mw in plan.levels:
-                img = pool(img, mh, mw)
+            for k, (mh, mw) in enumerate(plan.levels):
+                img = pool(img, mh, mw, plan.offset(k, phase))
                 self._image_by_size[(int(img.shape[-2]), int(img.shape[-1]))] = img
 
     def _image_for(self, size: tuple[int, int]) -> Any:

@@ -170,6 +170,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                 "shape",
                 "q_end",
                 "operator",
+                "grid",
                 "nested",
                 "passes",
             ):
