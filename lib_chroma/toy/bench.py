@@ -186,6 +186,7 @@ def _factor_cells(
     model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
     scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
     extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
+    grid: str = G.DEFAULT_GRID,
 ) -> dict[str, Any]:
     """All cells of one factor (plain first: the reference of the relative cost columns)."""
     h, w = FACTORS[fname]
@@ -209,13 +210,15 @@ def _factor_cells(
             methods[f"hires fix {strength:.2f} ({label})"] = lambda s, k, st=strength: runs.run_hires(
                 model, native[s:s + k], h, w, steps, st, seed + s, sampler=sampler, batch=k)
     plans: dict[str, G.GuidancePlan] = {
-        f"guidance auto ({shape} {q_end}, {operator}, w={scale})": runs.make_plan(
-            (mh, mw), steps, sampler, scale=scale, window="auto", shape=shape, q_end=q_end, operator=operator),
+        f"guidance auto ({shape} {q_end}, {operator}, w={scale}, {grid} grid)": runs.make_plan(
+            (mh, mw), steps, sampler, scale=scale, window="auto", shape=shape, q_end=q_end, operator=operator,
+            grid=grid),
     }
     if fixed:
         for wl, fr in FIXED_WINDOWS.items():
-            plans[f"guidance {wl} (constant, {operator}, w={scale})"] = runs.make_plan(
-                (mh, mw), steps, sampler, scale=scale, window="fraction", window_range=fr, operator=operator)
+            plans[f"guidance {wl} (constant, {operator}, w={scale}, {grid} grid)"] = runs.make_plan(
+                (mh, mw), steps, sampler, scale=scale, window="fraction", window_range=fr, operator=operator,
+                grid=grid)
     for label, kw in (extra_plans or {}).items():
         plans[label] = runs.make_plan((mh, mw), steps, sampler, **kw)
     # every guided row with its plan and the sigmas its sampler calls the model at (expected cost)
@@ -225,7 +228,7 @@ def _factor_cells(
                                                              sampler=sampler)
     if ddim and fname == "2x":
         dplan = runs.make_plan((mh, mw), steps, scale=scale, window="auto", shape=shape, q_end=q_end,
-                               operator=operator)
+                               operator=operator, grid=grid)
         ddim_guided = f"DDIM guidance auto via guide_eps ({shape} {q_end})"
         guided[ddim_guided] = (dplan, sampler_sigmas("DDIM", "Automatic", steps, runs.toy_schedule()))
         methods["DDIM plain (eps)"] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, batch=k)
@@ -273,13 +276,14 @@ def run_bench(
     extra_plans: dict[str, dict[str, Any]] | None = None,
     baselines: bool = True,
     sampler: str = runs.DEFAULT_SAMPLER,
+    grid: str = G.DEFAULT_GRID,
 ) -> dict[str, Any]:
     """Run every cell; returns the JSON-serialisable result (see the module docstring)."""
     model = runs.CountingModel(load_model(weights))
     t_all = time.time()
     res: dict[str, Any] = {
         "config": {"n": n, "steps": steps, "sampler": runs.a1111_label(sampler), "seed": seed, "batch": batch,
-                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator,
+                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator, "grid": grid,
                    "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
         "factors": {},
     }
@@ -304,7 +308,7 @@ def run_bench(
     for fname in factors:
         res["factors"][fname] = _factor_cells(
             model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
-            extra_plans or {}, baselines, sampler)
+            extra_plans or {}, baselines, sampler, grid)
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -357,12 +361,12 @@ def _parse_plan(text: str) -> tuple[str, dict[str, Any]]:
     for part in text.split(","):
         k, _, v = part.partition("=")
         k = k.strip()
-        if k not in ("shape", "q_end", "operator", "scale", "sigma_lo"):
+        if k not in ("shape", "q_end", "operator", "scale", "sigma_lo", "grid", "power"):
             raise ValueError(f"plan: unknown key {k!r} in {text!r}")
         if k == "sigma_lo":  # a sigma window from the start down to sigma_lo
             kw["window"], kw["window_range"] = "sigma", (1e6, float(v))
         else:
-            kw[k] = float(v) if k in ("q_end", "scale") else v.strip()
+            kw[k] = float(v) if k in ("q_end", "scale", "power") else v.strip()
     return f"plan {text}", kw
 
 
@@ -382,13 +386,14 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--q-end", type=float, default=G.DEFAULT_Q_END)
     p.add_argument("--shape", default=G.DEFAULT_SHAPE)
     p.add_argument("--operator", default=G.DEFAULT_OPERATOR)
+    p.add_argument("--grid", default=G.DEFAULT_GRID, choices=G.GRIDS)
     p.add_argument("--no-fixed", action="store_true", help="skip the fixed-window guidance rows")
     p.add_argument("--no-ddim", action="store_true", help="skip the DDIM rows")
     p.add_argument("--no-baselines", action="store_true", help="skip the upscale and hires rows")
     p.add_argument("--candidates", action="store_true", help="add the default-tuning candidate rows")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
                    help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
-                        "operator=bilinear,scale=1 or shape=constant,sigma_lo=0.5 (repeatable)")
+                        "operator=bilinear,scale=1,grid=fixed or shape=constant,sigma_lo=0.5 (repeatable)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -408,7 +413,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                     fixed=not args.no_fixed, ddim=not args.no_ddim, weights=args.weights,
                     extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
                                  **dict(_parse_plan(t) for t in args.plan)},
-                    baselines=not args.no_baselines, sampler=args.sampler)
+                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid)
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))
