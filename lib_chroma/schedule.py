@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lib_chroma.validation import check_choice, check_finite, check_int, check_positive
+from lib_chroma.validation import check_choice, check_finite, check_int, check_number, check_positive
 
 __all__ = [
     "DiscreteSchedule",
@@ -247,6 +247,74 @@ def _ddim_uniform(n: int, sched: DiscreteSchedule) -> torch.Tensor:
     return _append_zero(sched.sigmas[idx].flip(0))
 
 
+#: A1111's defaults of the options ``beta_dist_alpha`` and ``beta_dist_beta`` (the Beta scheduler's shape).
+BETA_PARAMS = (0.6, 0.6)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta ``I_x(a, b) = B(x; a, b) / B(a, b)``.
+
+    Continued fraction ``I_x = x^a (1-x)^b / (a B(a, b)) · 1 / (1 + d_1 / (1 + d_2 / (1 + …)))`` with
+    ``d_{2k+1} = -(a+k)(a+b+k) x / ((a+2k)(a+2k+1))`` and ``d_{2k} = k (b-k) x / ((a+2k-1)(a+2k))``, evaluated
+    by the modified Lentz method; for ``x > (a+1)/(a+b+2)`` through ``I_x(a, b) = 1 - I_{1-x}(b, a)``, where the
+    fraction converges fast."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = a * math.log(x) + b * math.log1p(-x) - math.log(a) - (
+        math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(1, 400):
+        k = i // 2
+        if i % 2:  # d_{2k+1}
+            num = -(a + k) * (a + b + k) * x / ((a + 2 * k) * (a + 2 * k + 1))
+        else:  # d_{2k}
+            num = k * (b - k) * x / ((a + 2 * k - 1) * (a + 2 * k))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    # f is the continued fraction 1 + d_1/(1 + d_2/(1 + ...)) (Lentz: f_0 = 1, f_j = f_{j-1} C_j D_j)
+    return math.exp(log_front) / f
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """Quantile of the Beta(a, b) distribution: the ``x`` in [0, 1] with ``I_x(a, b) = q`` (bisection on the
+    monotone :func:`_betainc`, to 1e-14)."""
+    check_number("q", q, 0.0, 1.0)
+    check_positive("alpha", a)
+    check_positive("beta", b)
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _betainc(a, b, mid) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-14:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _beta(n: int, smin: float, smax: float, params: tuple[float, float]) -> torch.Tensor:
+    """Beta scheduler (Lee et al., arXiv 2407.12173, as A1111 v1.10): ``sigma_i = smin + F^-1(1 - i/(n-1)) (smax -
+    smin)`` for i = 0..n-1, ``F`` the Beta(alpha, beta) distribution function, then 0."""
+    a, b = params
+    u = [1.0 - i / (n - 1) for i in range(n)] if n > 1 else [1.0]
+    return _append_zero(torch.tensor([smin + beta_ppf(v, a, b) * (smax - smin) for v in u], dtype=torch.float64))
+
+
 def _ays(n: int, family_table: str) -> torch.Tensor:
     """Align Your Steps: the 11-point table, log-linearly interpolated to n points when n != 11."""
     tab = AYS_TABLES[family_table]
@@ -271,6 +339,7 @@ SCHEDULERS: dict[str, dict] = {
     "simple": {"label": "Simple"},
     "normal": {"label": "Normal"},
     "ddim": {"label": "DDIM"},
+    "beta": {"label": "Beta"},
 }
 
 _SCHEDULER_ALIASES = {v["label"].lower(): k for k, v in SCHEDULERS.items()}
@@ -295,10 +364,12 @@ def scheduler_sigmas(
     rho: float | None = None,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
+    beta_params: tuple[float, float] = BETA_PARAMS,
 ) -> torch.Tensor:
     """The sigma sequence of one A1111 scheduler for ``steps`` steps (length steps + 1, ending in 0 except KL
     Optimal, which A1111 leaves ending at sigma_min). ``automatic`` here means the model's uniform schedule;
-    use :func:`sampler_sigmas` for a sampler's own default."""
+    use :func:`sampler_sigmas` for a sampler's own default. ``beta_params``: (alpha, beta) of the Beta
+    scheduler (A1111's options ``beta_dist_alpha``/``beta_dist_beta``)."""
     key = _scheduler_key(scheduler)
     check_int("steps", steps, 1)
     smin = schedule.sigma_min if sigma_min is None else check_positive("sigma_min", sigma_min)
@@ -324,6 +395,8 @@ def scheduler_sigmas(
         return _simple(steps, schedule)
     if key == "ddim":
         return _ddim_uniform(steps, schedule)
+    if key == "beta":
+        return _beta(steps, smin, smax, beta_params)
     check_choice("ays_table", ays_table, AYS_TABLES)
     return _ays(steps, ays_table)
 
@@ -420,6 +493,7 @@ def sampler_sigmas(
     schedule: DiscreteSchedule,
     *,
     ays_table: str = "sd1",
+    beta_params: tuple[float, float] = BETA_PARAMS,
 ) -> torch.Tensor:
     """The sigma sequence A1111 v1.10 samples with for (sampler, scheduler, steps).
 
@@ -434,7 +508,7 @@ def sampler_sigmas(
     if key == "automatic":
         key = legacy_sched or info.scheduler or "uniform"
     n = steps + 1 if info.discard_penultimate else steps
-    sig = scheduler_sigmas(key, n, schedule, ays_table=ays_table)
+    sig = scheduler_sigmas(key, n, schedule, ays_table=ays_table, beta_params=beta_params)
     if info.discard_penultimate:
         sig = torch.cat([sig[:-2], sig[-1:]])
     return sig
@@ -458,7 +532,7 @@ def img2img_steps(steps: int, denoising_strength: float, fixed_steps: bool) -> t
 
 def img2img_sigmas(
     sampler: str, scheduler: str, steps: int, denoising_strength: float, schedule: DiscreteSchedule,
-    *, fixed_steps: bool = True, ays_table: str = "sd1",
+    *, fixed_steps: bool = True, ays_table: str = "sd1", beta_params: tuple[float, float] = BETA_PARAMS,
 ) -> torch.Tensor:
     """The model sigmas an img2img or hires pass evaluates, ending with 0.
 
@@ -478,5 +552,5 @@ def img2img_sigmas(
             tc = torch.linspace(t_start, 1.0 / n, t_enc + 1, dtype=torch.float64)[:-1]
             return _append_zero(schedule.t_to_sigma(((tc - 1.0 / n) * n).clamp(0, n - 1)))
         return _append_zero(schedule.sigmas[ts[1:].flip(0)])
-    full = sampler_sigmas(sampler, scheduler, total, schedule, ays_table=ays_table)
+    full = sampler_sigmas(sampler, scheduler, total, schedule, ays_table=ays_table, beta_params=beta_params)
     return full[total - t_enc - 1:]

@@ -153,3 +153,27 @@ def test_img2img_timestep_samplers_follow_a1111():
     assert float(s[-1]) == 0.0
     u = S.img2img_sigmas("UniPC", "Automatic", 8, 0.6, SD, fixed_steps=False)
     assert u.numel() == 5 and float(u[0]) == pytest.approx(float(SD.sigmas[376]), rel=1e-6)
+
+
+@pytest.mark.parametrize("a, b", [(0.6, 0.6), (0.01, 0.01), (1.0, 0.05), (0.3, 0.9), (1.0, 1.0)])
+def test_beta_quantile_matches_scipy(a, b):
+    """The Beta scheduler's quantile function against SciPy's (the one A1111 calls)."""
+    stats = pytest.importorskip("scipy.stats")
+    for q in [i / 40 for i in range(41)]:
+        assert S.beta_ppf(q, a, b) == pytest.approx(float(stats.beta.ppf(q, a, b)), abs=1e-10)
+    with pytest.raises(ValueError, match="^alpha:"):
+        S.beta_ppf(0.5, 0.0, b)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20, 33])
+def test_beta_scheduler_follows_its_definition(steps):
+    """A1111 v1.10's Beta scheduler: sigma_min + ppf(1 - linspace(0, 1, n)) (sigma_max - sigma_min), then 0."""
+    stats = pytest.importorskip("scipy.stats")
+    import numpy as np
+
+    for a, b in ((0.6, 0.6), (0.3, 0.8)):
+        ours = S.scheduler_sigmas("Beta", steps, SD, beta_params=(a, b))
+        u = 1 - np.linspace(0, 1, steps)
+        ref = [SD.sigma_min + stats.beta.ppf(x, a, b) * (SD.sigma_max - SD.sigma_min) for x in u] + [0.0]
+        assert ours.tolist() == pytest.approx(ref, abs=1e-9)
+    assert S.sampler_sigmas("Euler", "beta", 20, SD).tolist() == S.scheduler_sigmas("Beta", 20, SD).tolist()

@@ -34,7 +34,14 @@ from modules import script_callbacks, shared
 from lib_chroma import settings as S
 from lib_chroma.guidance import GuidancePlan, auto_factor, guide_eps, guide_x0
 from lib_chroma.prompts import realized_switch, render_switch, switch_step, when_fraction
-from lib_chroma.schedule import MODEL_FAMILIES, DiscreteSchedule, img2img_sigmas, sampler_info, sampler_sigmas
+from lib_chroma.schedule import (
+    BETA_PARAMS,
+    MODEL_FAMILIES,
+    DiscreteSchedule,
+    img2img_sigmas,
+    sampler_info,
+    sampler_sigmas,
+)
 from lib_chroma.webui.lowres import (
     LowResCall,
     cat_conds,
@@ -336,6 +343,7 @@ def on_process_batch(p: Any) -> None:
             p.steps,
             sched,
             ays_table=MODEL_FAMILIES[st.family]["ays"],
+            beta_params=(_opt("beta_dist_alpha", BETA_PARAMS[0]), _opt("beta_dist_beta", BETA_PARAMS[1])),
         )
         n = len(sig) - 1
         step = realized_switch(switch_step(sig, s.switch_level, s.switch_q), n)
