@@ -74,3 +74,37 @@ def test_xyz_axes_set_p_attributes():
     )
     with pytest.raises(ValueError, match="scale"):
         specs["[RC] Scale"](p, 7.0, [])
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["yes"], "enabled"),  # a vague string where the enable checkbox's boolean belongs
+        ([{}, {}], "args"),  # a dict of named fields must stand alone
+        ([{"scale": 1}, True], "args"),
+        ([{"nested": "no"}], "nested"),
+        ([{"window_start": 0.9, "window_end": 0.1}], "window_end"),  # inverted even with the auto window
+        ([{"window": "auto", "window_sigma_hi": 1.0, "window_sigma_lo": 2.0}], "window_sigma_lo"),
+        ([True, "Auto", 1.0, 2, 2, "auto", 14.6, 0.0, 0.0, 1.0, "hold", 0.94, "bilinear", "off"], "nested"),
+    ],
+)
+def test_malformed_arguments_are_refused_naming_the_field(args, field):
+    msg = validate_body(body(args))
+    assert msg is not None and msg.startswith(f"Resolution Chromatography: {field}:"), msg
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (0, False), ("true", True), ("False", False), ("1", True)])
+def test_documented_boolean_coercions(value, expected):
+    from lib_chroma import settings as S
+
+    assert validate_body(body([{"nested": value}])) is None
+    assert S.validate_field("nested", value) is expected
+
+
+def test_grid_axis():
+    specs = {label: apply for label, _, apply, _ in axis_specs()}
+    p = types.SimpleNamespace()
+    specs["[RC] Grid"](p, "fixed", [])
+    assert p.rc_grid == "fixed"
+    with pytest.raises(ValueError, match="^grid:"):
+        specs["[RC] Grid"](p, "diagonal", [])

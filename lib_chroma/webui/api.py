@@ -34,7 +34,7 @@ def validate_body(body: Any) -> str | None:
         if not isinstance(args, list):
             return f"{S.TITLE}: args: must be a list (positional values, or one dict of named fields)"
         try:
-            S.from_args(args)
+            S.from_args(args, strict=True)
         except ValueError as e:
             return f"{S.TITLE}: {e}"
     return None
