@@ -409,7 +409,10 @@ def test_moving_grid_nested_levels_one_call_each():
     d = model(x, s)
     model.calls.clear()
     p = plan((4, 4), grid="moving")
-    assert p.offset(0, 1) == (1, 1) and p.offset(1, 1) == (1, 1)
+    assert p.offset(0, 1) == (1, 1) and p.offset(1, 1) == (0, 0) and p.offset(1, 4) == (1, 1)
+    # mixed radix: the cumulative offset of the 4x4 grid (o_0 + 2 o_1 per axis) visits all 16 values per cycle
+    cum = {tuple(a + 2 * b for a, b in zip(p.offset(0, k), p.offset(1, k))) for k in range(16)}
+    assert cum == {(a, b) for a in range(4) for b in range(4)}
     G.guide_x0(x, s, d, model, p, phase=1)
     assert model.calls == [(3, 16, 16), (3, 8, 8)]
 
