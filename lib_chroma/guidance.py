@@ -271,15 +271,22 @@ class GuidancePlan:
         return bool(self.levels) and self.scale != 0.0
 
     def weight(self, level: int, sigma: float) -> float:
-        """Guidance weight of ``level`` (0 = finest) at full-resolution noise level ``sigma``."""
+        """Guidance weight of ``level`` (0 = finest) at full-resolution noise level ``sigma``.
+
+        The full-resolution level gets ``w`` times the shape's factor; nested inner levels (k >= 1) get the
+        factor alone (1 in a hold or constant window): they *replace* the coarse part of their prediction by
+        the next level's, so the coarse content of the result is ``D den + w (d_low' - D den)`` with ``d_low'``
+        telescoping through every level, and every coarse level is extrapolated by ``w`` once, not by
+        ``w^(k+1)`` (see docs/theory.md)."""
         if not self.enabled or not (self.sigma_lo * (1 - 1e-6) <= sigma <= self.sigma_hi * (1 + 1e-6)):
             return 0.0
+        gain = float(self.scale) if level == 0 else 1.0
         if self.shape == "constant":
-            return float(self.scale)
+            return gain
         r = float(signal_ratio(sigma / math.sqrt(self.power), self.cumulative[level]))
         if self.shape == "hold":
-            return float(self.scale) if r < self.q_end else 0.0
-        return float(self.scale) * min(1.0, max(0.0, (self.q_end - r) / (self.q_end - 0.5)))
+            return gain if r < self.q_end else 0.0
+        return gain * min(1.0, max(0.0, (self.q_end - r) / (self.q_end - 0.5)))
 
     def offset(self, level: int, phase: int) -> tuple[int, int]:
         """Pooling-grid offset of ``level`` at model call ``phase``: (0, 0) for the fixed grid.

@@ -459,3 +459,23 @@ def test_wrapper_advances_the_phase_per_call_and_resets():
     assert lows[0] == lows[3] and lows[0] != lows[1]
     with pytest.raises(ValueError, match="^grid:"):
         G.GuidancePlan.build((2, 2), grid="wobbly")
+
+
+def test_nested_levels_extrapolate_every_coarse_level_by_w_once():
+    """4 = 2·2, nearest U, constant window: the quarter-resolution content of the result is
+    D4 den + w (low2 - D4 den) (inner levels replace, the outer extrapolates), not w² for the coarsest level."""
+    model = CountingModel()
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64)
+    s = torch.full((2,), 3.0, dtype=torch.float64)
+    d = model(x, s)
+    w = 1.5
+    out = G.guide_x0(x, s, d, model, plan((4, 4), scale=w, operator="nearest"))
+    low1 = model(G.pool(x, 2, 2), s / 2)
+    low2 = model(G.pool(x, 4, 4), s / 4)
+    d4 = G.pool(d, 4, 4)
+    torch.testing.assert_close(G.pool(out, 4, 4), d4 + w * (low2 - d4))
+    low1_guided = low1 + G.unpool(low2 - G.pool(low1, 2, 2), 2, 2, (8, 8))  # the inner level replaces
+    d2 = G.pool(d, 2, 2)
+    torch.testing.assert_close(G.pool(out, 2, 2), d2 + w * (low1_guided - d2))
+    p = plan((4, 4), scale=w)
+    assert p.weight(0, 3.0) == w and p.weight(1, 3.0) == 1.0
