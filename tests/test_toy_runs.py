@@ -165,3 +165,14 @@ def test_interleaved_rotates_methods_and_keeps_each_methods_samples_and_counts()
         assert acc[name].calls == {(size, size): 3}
         assert acc[name].pixel_evals == 5 * size * size
         assert acc[name].wall > 0
+
+
+def test_moving_grid_images_do_not_depend_on_the_batching(model: runs.CountingModel) -> None:
+    """Each batch is its own sampling run (phase from 0): sample i is the same whatever batch it ran in."""
+    plan = runs.make_plan((2, 2), 4, grid="moving", shape="constant")
+    a = runs.run_kdiff(model, 3, 64, 64, 4, seed=5, plan=plan, batch=3)
+    b = runs.run_kdiff(model, 3, 64, 64, 4, seed=5, plan=plan, batch=1)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    fixed = runs.run_kdiff(model, 3, 64, 64, 4, seed=5, plan=runs.make_plan((2, 2), 4, grid="fixed",
+                                                                            shape="constant"), batch=3)
+    assert not torch.allclose(a, fixed, atol=1e-3)
