@@ -206,6 +206,7 @@ def test_guided_output_matches_the_core(web):
         captured["x_out"],
         lambda xl, sl: inner(xl, sl, {"c_crossattn": [cond_all], "c_concat": [None]}),
         plan,
+        phase=1,  # the pass's second model call: the moving grid's second offset
     )
     # the extension ran after the spy: recompute what it wrote by running the same step again
     got = {}

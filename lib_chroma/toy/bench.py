@@ -192,7 +192,7 @@ def _factor_cells(
     h, w = FACTORS[fname]
     mh, mw = h // 32, w // 32
     m = math.sqrt(mh * mw)
-    grid = f"{mh}x{mw}" if mh != mw else str(mh)
+    block_grid = f"{mh}x{mw}" if mh != mw else str(mh)  # the scorer's blockiness key
     s_chroma = runs.hires_chroma_strength(m, steps, sampler)
     s_power: float | None = None
     methods: dict[str, Method] = {
@@ -239,7 +239,7 @@ def _factor_cells(
     for label, a in acc.items():
         if nat is not None and (label.startswith("hires") or label.startswith("upscale")):
             a.add(nat, nat.wall)  # these include their first pass
-        row = _cell(label, a.images(), a, grid)
+        row = _cell(label, a.images(), a, block_grid)
         if label in guided:
             plan, sig = guided[label]
             calls = len(sig) - 1
