@@ -254,11 +254,14 @@ def test_a_wrapper_already_there_is_chained(web):
     assert "RC error" not in p.extra_generation_params
 
 
-def test_failing_low_res_call_finishes_unguided(web, caplog):
+def test_failing_low_res_call_finishes_unguided(web, caplog, monkeypatch, tmp_path):
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
     model = KModel(fail_below=16)
     p, out = generate(web, Engine(model), [EVERY_CALL])
     assert [s[-1] for s in model.sizes()].count(8) == 1  # tried once, then unguided
     assert "low-resolution call failed (RuntimeError" in p.extra_generation_params["RC error"]
+    rec = json.loads(p.extra_generation_params["RC debug"])
+    assert rec["low_calls"] == 0 and rec["model_calls"] == 1, "a failed call books nothing; no call is counted after"
     assert len([r for r in caplog.records if "Resolution Chromatography:" in r.getMessage()]) == 1
     _, unguided = generate(web, Engine(KModel()), [False])
     assert torch.equal(out, unguided)
