@@ -350,6 +350,10 @@ def start_webui(
     args += ["--ckpt-dir", str(ckpt_dir), "--ckpt", str(checkpoints[ckpt])]
     if not ui:
         args.append("--nowebui")
+    elif is_forge():
+        # Gradio 4 serves files (the WebUI's own script.js and javascript/, the extension's) only from allowed paths,
+        # which Forge sets to the data folder alone: with a data folder of its own, the UI would load no script.
+        args += ["--gradio-allowed-path", str(root), "--gradio-allowed-path", str(REPO_ROOT)]
     args += extra_args or []
     proc_env = dict(os.environ, **OFFLINE_ENV)
     proc_env["HF_HUB_CACHE"] = str(ckpt_dir / "hf-cache")  # the tiny OpenCLIP towers (see make_checkpoints.py)
