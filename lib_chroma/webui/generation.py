@@ -473,7 +473,8 @@ def on_cfg_denoiser(params: Any) -> None:
         return
     if getattr(den, "p", None) is not st.p:
         return
-    st.pending = params
+    if st.host == "a1111":  # read back by the A1111 adapter's on_cfg_denoised; Forge never fires that one
+        st.pending = params
     if st.debug is not None:
         c = params.text_cond
         t = c["crossattn"] if isinstance(c, dict) else c
