@@ -1,19 +1,27 @@
-"""A1111 entry point: the always-visible "Resolution Chromatography" script. Thin: the UI, the hooks and the
-callbacks live in ``lib_chroma.webui``; this file only forwards to them and registers the global callbacks
-once per (re)load of the scripts (A1111 clears every callback before it re-imports this file)."""
+"""WebUI entry point: the always-visible "Resolution Chromatography" script, for A1111 and Forge. Thin: the UI,
+the hooks and the callbacks live in ``lib_chroma.webui``; this file only forwards to them, choosing the adapter
+by the processing object's model (Forge's engines have ``forge_objects``), and registers the global callbacks
+once per (re)load of the scripts (the WebUI clears every callback before it re-imports this file)."""
 
 from __future__ import annotations
+
+from types import ModuleType
 
 from modules import script_callbacks, scripts
 
 from lib_chroma import settings as S
-from lib_chroma.webui import a1111, api, options, ui, xyz
+from lib_chroma.webui import a1111, api, forge, generation, options, ui, xyz
 
 a1111.register_callbacks()
 ui.reset()
 script_callbacks.on_before_ui(xyz.add_axes, name="resolution_chromatography_xyz")
 script_callbacks.on_ui_settings(options.add_options, name="resolution_chromatography_options")
 script_callbacks.on_app_started(lambda demo, app: api.install(app), name="resolution_chromatography_api")
+
+
+def _adapter(p) -> ModuleType:
+    """The adapter that hooks this generation's model calls: Forge's UNet wrapper or A1111's CFG callbacks."""
+    return forge if forge.handles(p) else a1111
 
 
 class ResolutionChromatography(scripts.Script):
@@ -36,15 +44,18 @@ class ResolutionChromatography(scripts.Script):
         ui.capture(component, kwargs.get("elem_id"))
 
     def process(self, p, *args) -> None:
-        a1111.on_process(p, args)
+        _adapter(p).on_process(p, args)
 
     def process_batch(self, p, *args, **kwargs) -> None:
-        a1111.on_process_batch(p)
+        generation.on_process_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs) -> None:
         x = kwargs.get("x")
         if x is not None:
-            a1111.on_before_sampling(p, x)
+            _adapter(p).on_before_sampling(p, x)
+
+    def post_sample(self, p, ps, *args) -> None:
+        generation.on_post_sample(p)
 
     def postprocess(self, p, processed, *args) -> None:
-        a1111.on_postprocess(p)
+        generation.on_postprocess(p)

@@ -513,7 +513,7 @@ def test_moving_grid_phase_counts_model_calls_per_pass_and_generation(web, tmp_p
     p = make_p(web, enable_hr=True)
     a.on_process(p, ({"grid": "moving", "passes": "both", "shape": "constant"},))
     a.on_before_sampling(p, torch.zeros(1, 4, 128, 128))
-    a.current().current.calls = 5
+    a.current().current.calls = a.current().current.hooked = 5  # five model calls, all corrected
     p.is_hr_pass = True
     a.on_before_sampling(p, torch.zeros(1, 4, 256, 256))
     assert a.current().current.hires and a.current().current.calls == 0
@@ -531,3 +531,24 @@ def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web):
     for phase, call in enumerate(low):
         expected = pool(ic, 2, 2, (phase, phase))  # offsets (0, 0) then (1, 1)
         torch.testing.assert_close(call[2]["c_concat"][0], torch.cat([expected, expected]))
+
+
+def test_guidance_that_never_ran_is_reported_not_claimed(web):
+    """A host that never fires on_cfg_denoised (as Forge does) guides nothing: after sampling, the infotext says so
+    instead of claiming guided steps, and the image is the unguided one."""
+    from lib_chroma.webui import generation
+
+    web.script_callbacks.callback_map["cfg_denoised"].clear()
+    inner = Inner()
+    p = make_p(web)
+    web.a1111.on_process(p, ({"shape": "constant", "factor_h": 2, "factor_w": 2},))
+    web.a1111.on_before_sampling(p, torch.zeros(1, 4, 32, 32))
+    assert p.extra_generation_params["RC guided steps"] == "1-8/8"
+    c, u = conds(1, 1)
+    den = fake_webui.FakeCFGDenoiser(inner, p, [1], c, u)
+    den.forward(torch.randn(1, 4, 32, 32), torch.tensor([5.0]), torch.zeros(1, 5, 1, 1))
+    generation.on_post_sample(p)
+    assert "RC guided steps" not in p.extra_generation_params
+    assert "no model call of the first pass reached the extension's a1111 hook" in p.extra_generation_params["RC error"]
+    assert all(s[-1] == 32 for s in inner.sizes())
+    web.a1111.on_postprocess(p)

@@ -11,8 +11,8 @@ concatenated — one call for the cond rows and one for the uncond rows.
 Image conds: a spatial image cond of the latent's size (inpainting models: mask + masked-image latent; edit
 and depth models) is average-pooled level by level exactly like ``x``; anything else (txt2img's
 ``(B, 5, 1, 1)`` dummy, unCLIP's ``c_adm`` vector) is passed unchanged. SDXL dict conds are sliced and
-concatenated key by key; their ``vector`` may be rewritten per level by ``vector_for`` (size conditioning,
-see the adapter).
+concatenated key by key; their ``vector`` (Forge: ``y``, see ``vector_key``) may be rewritten per level by
+``vector_for`` (size conditioning, see the adapters).
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class LowResCall:
     does.
     ``chunk``: at most this many rows per call (the host's "batch cond/uncond" off), None = no limit.
     ``plan`` gives the levels and ``phase`` this model call's index in its pass, so the spatial image cond is
-    pooled level by level on the same (moving) grid as ``x``.
+    pooled level by level on the same (moving) grid as ``x``. ``vector_for(vector, (h_px, w_px))`` rewrites the
+    dict cond's ``vector_key`` entry for each low-resolution size.
     """
 
     def __init__(
@@ -125,11 +126,13 @@ class LowResCall:
         chunk: int | None = None,
         latent_factor: int = 8,
         phase: int = 0,
+        vector_key: str = "vector",
     ) -> None:
         self.inner = inner
         self.groups = list(groups)
         self.make_cond = make_cond
         self.vector_for = vector_for
+        self.vector_key = vector_key
         self.chunk = chunk
         self.latent_factor = latent_factor
         self.calls = 0
@@ -157,10 +160,11 @@ class LowResCall:
         return img
 
     def _text_for(self, text: Cond, size: tuple[int, int]) -> Cond:
-        if self.vector_for is None or not isinstance(text, dict) or "vector" not in text:
+        key = self.vector_key
+        if self.vector_for is None or not isinstance(text, dict) or key not in text:
             return text
         px = (size[0] * self.latent_factor, size[1] * self.latent_factor)
-        return {**text, "vector": self.vector_for(text["vector"], px)}
+        return {**text, key: self.vector_for(text[key], px)}
 
     def __call__(self, x_low: torch.Tensor, sigma_low: torch.Tensor) -> torch.Tensor:
         size = (int(x_low.shape[-2]), int(x_low.shape[-1]))

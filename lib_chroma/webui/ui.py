@@ -1,4 +1,5 @@
-"""The accordion (gradio 3.41, A1111 v1.10): every control comes from :data:`lib_chroma.settings.FIELDS`.
+"""The accordion (gradio 3.41 in A1111 v1.10, gradio 4.40 in Forge): every control comes from
+:data:`lib_chroma.settings.FIELDS`.
 
 ``build(script, is_img2img)`` returns the input components in field order (the API's positional order).
 Display components (header readout, curve preview, switch/hires info) are wired with events and never
@@ -99,10 +100,10 @@ def _family() -> str:
     try:
         from modules import sd_models
 
-        from lib_chroma.webui.a1111 import model_family
+        from lib_chroma.webui.generation import model_family
 
         model = sd_models.model_data.sd_model
-        return model_family(model) if model is not None else "sd1"
+        return (model_family(model) or "sd1") if model is not None else "sd1"
     except Exception:  # noqa: BLE001
         return "sd1"
 

@@ -1,7 +1,7 @@
 """X/Y/Z plot axes: enable, scale, factor, window, switch level, pooling grid.
 
 Each axis stores its value on the cell's processing copy as ``p.rc_<field>`` (XYZ's ``copy(p)`` is shallow, so
-nothing shared is mutated); :func:`lib_chroma.webui.a1111.on_process` reads them, and any axis other than
+nothing shared is mutated); :func:`lib_chroma.webui.generation.on_process` reads them, and any axis other than
 "enabled" implies enabled. Values are validated when the axis is applied, so a bad value fails loudly in XYZ's
 own error path.
 """

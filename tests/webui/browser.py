@@ -154,7 +154,9 @@ class UIPage:
     @property
     def readout_box(self) -> Locator:
         """The header readout (the inner element of the two that carry its ``elem_id``: only the text)."""
-        return self.page.locator(f"#{self.rc('readout')}.prose")
+        elem_id = self.rc("readout")
+        # gradio 3.41 puts the elem_id on the .prose element itself, gradio 4 (Forge) on a block around it
+        return self.page.locator(f"#{elem_id}.prose, #{elem_id} .prose").first
 
     def readout(self) -> str:
         """The readout's text, as the server wrote it."""

@@ -1,6 +1,6 @@
 """Fixtures of the real-WebUI kit (see kit.py and README.md beside this file).
 
-Without ``WEBUI_DIR`` a plain ``pytest`` (CI) reports one clear skip line for the whole kit: only
+Without ``WEBUI_DIR`` or ``FORGE_DIR`` a plain ``pytest`` (CI) reports one clear skip line for the whole kit: only
 ``test_http.py`` is collected and it skips at module level (every test module starts with that skip too).
 Nothing here needs more than the standard library and pytest (the browser suite's own fixtures, which need
 Playwright, live in ``test_browser.py``).
@@ -37,6 +37,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"rep_{report.when}", report)
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say which WebUI the kit runs against."""
+    root = kit.webui_dir()
+    if root is None:
+        return None
+    ignored = " (WEBUI_DIR ignored)" if kit.is_forge() and os.environ.get("WEBUI_DIR", "").strip() else ""
+    return f"webui-kit: {'Forge' if kit.is_forge() else 'A1111'} at {root}{ignored}"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print where the browser suite saved its screenshots."""
     for path in _SHOT_DIRS:
@@ -59,7 +68,10 @@ def webui_root() -> Path:
     if root is None:
         pytest.skip(kit.SKIP_REASON)
     if not (root / "launch.py").exists():
-        raise FileNotFoundError(f"WEBUI_DIR={root} has no launch.py: not an A1111 WebUI checkout")
+        var = "FORGE_DIR" if kit.is_forge() else "WEBUI_DIR"
+        raise FileNotFoundError(f"{var}={root} has no launch.py: not a WebUI checkout")
+    if kit.is_forge() and not (root / "modules_forge").is_dir():
+        raise FileNotFoundError(f"FORGE_DIR={root} has no modules_forge/: not a Forge checkout")
     return root
 
 
@@ -96,7 +108,8 @@ def tiny_checkpoints(webui_root: Path, webui_python: Path, kit_dir: Path) -> dic
     """family -> tiny ``.safetensors`` (with its ``.yaml``), built once per session with the WebUI's Python."""
     names = os.environ.get("WEBUI_KIT_FAMILIES", ",".join(kit.FAMILIES))
     families = tuple(f.strip() for f in names.split(",") if f.strip())
-    return kit.build_checkpoints(webui_root, webui_python, kit_dir / "models", families)
+    models = kit_dir / ("forge-models" if kit.is_forge() else "models")  # a kept kit folder may serve both hosts
+    return kit.build_checkpoints(webui_root, webui_python, models, families)
 
 
 StartWebUI = Callable[..., kit.WebUI]

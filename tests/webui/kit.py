@@ -1,13 +1,16 @@
-"""The real-WebUI kit: build tiny checkpoints, start an A1111 WebUI on loopback, talk to it over HTTP.
+"""The real-WebUI kit: build tiny checkpoints, start an A1111 WebUI or a Forge on loopback, talk to it over HTTP.
 
 Standard library only: it runs in the project's dev venv, while the WebUI runs in its own Python. Nothing here
 clones, installs or patches the WebUI. Everything the kit writes (checkpoints, the WebUI's data folder with
 ``config.json``, ``extensions/`` and outputs, the server logs) lies in a folder of its own; the WebUI's
 checkout is only read. Configuration, all from the environment:
 
-``WEBUI_DIR``            the installed A1111 (>= 1.9) checkout; the kit skips when it is unset.
-``WEBUI_PYTHON``         its Python (default: ``$WEBUI_DIR/venv/bin/python``, then ``venv/Scripts/python.exe``).
-``WEBUI_KIT_FAMILIES``   tiny checkpoints to build, comma list of ``sd1,sd2v,sdxl`` (default: all three).
+``WEBUI_DIR``            the installed A1111 (>= 1.9) checkout.
+``FORGE_DIR``            an installed Stable Diffusion WebUI Forge checkout instead (it wins when both are set);
+                         the kit skips when neither is set.
+``WEBUI_PYTHON``         its Python (default: ``<checkout>/venv/bin/python``, then ``venv/Scripts/python.exe``).
+``WEBUI_KIT_FAMILIES``   tiny checkpoints to build, comma list of ``sd1,sd2v,sdxl`` (default: all three; Forge:
+                         ``sd1`` only, see :data:`HOST_FAMILIES`).
 ``WEBUI_KIT_DIR``        where the kit writes (default: a fresh temporary folder, removed unless kept).
 ``WEBUI_KIT_KEEP``       ``1`` keeps that folder (logs, checkpoints) after the run and prints its path.
 ``WEBUI_KIT_START_S``    seconds to wait for a server to answer (default 240).
@@ -38,7 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "resolution-chromatography"
 EXTENSION_TITLE = "Resolution Chromatography"
 FAMILIES = ("sd1", "sd2v", "sdxl")
-SKIP_REASON = "WEBUI_DIR is unset: the real-WebUI kit needs an installed A1111 WebUI >= 1.9 (see tests/webui/README.md)"
+SKIP_REASON = (
+    "WEBUI_DIR and FORGE_DIR are unset: the real-WebUI kit needs an installed A1111 WebUI >= 1.9 or a Forge "
+    "(see tests/webui/README.md)"
+)
+#: The families each host's kit can build: Forge's loader builds the text encoders and the VAE at full size from its
+#: own configs, so only a shallow SD1.5 (464 MiB) is small enough; SD2-v (OpenCLIP-H) and SDXL (CLIP-G) are not.
+HOST_FAMILIES = {"a1111": FAMILIES, "forge": ("sd1",)}
+#: Size limit of one tiny checkpoint per host (MiB).
+MAX_CHECKPOINT_MIB = {"a1111": 40, "forge": 480}
 
 # Settings for every server the kit starts (written to the data folder's config.json before start):
 # "Approx NN" live previews would download a VAE-approx model for SDXL; the UI must not open a browser.
@@ -76,6 +87,21 @@ LAUNCH_FLAGS = [
     "127.0.0.1",
     "--no-download-sd-model",
 ]
+# Forge: --always-cpu keeps it on the CPU (A1111's --use-cpu does not; without it Forge dies at import, "Found no
+# NVIDIA driver"), --attention-pytorch is 2-3x faster there than its default on a CPU.
+FORGE_LAUNCH_FLAGS = [
+    "--always-cpu",
+    "--skip-prepare-environment",
+    "--skip-torch-cuda-test",
+    "--skip-version-check",
+    "--skip-install",
+    "--no-half",
+    "--attention-pytorch",
+    "--api",
+    "--server-name",
+    "127.0.0.1",
+    "--no-download-sd-model",
+]
 
 
 # With the UI, A1111 (1.10, starlette 0.26) launches Gradio's server first and adds its own middleware and API
@@ -84,10 +110,34 @@ LAUNCH_FLAGS = [
 UI_READY_LINE = "Startup time:"
 
 
+def host() -> str | None:
+    """``forge`` when ``FORGE_DIR`` is set, else ``a1111`` when ``WEBUI_DIR`` is set, else None."""
+    if os.environ.get("FORGE_DIR", "").strip():
+        return "forge"
+    if os.environ.get("WEBUI_DIR", "").strip():
+        return "a1111"
+    return None
+
+
 def webui_dir() -> Path | None:
-    """The WebUI checkout named by ``WEBUI_DIR``, or None when unset."""
-    value = os.environ.get("WEBUI_DIR", "").strip()
-    return Path(value).expanduser().resolve() if value else None
+    """The checkout the kit runs against (``FORGE_DIR``, else ``WEBUI_DIR``), or None when neither is set."""
+    name = host()
+    if name is None:
+        return None
+    value = os.environ["FORGE_DIR" if name == "forge" else "WEBUI_DIR"].strip()
+    return Path(value).expanduser().resolve()
+
+
+def is_forge() -> bool:
+    """Whether the kit runs against Forge."""
+    return host() == "forge"
+
+
+def not_built(family: str) -> str:
+    """The skip reason for a scenario that needs a checkpoint the kit did not build."""
+    if family not in HOST_FAMILIES[host() or "a1111"]:
+        return f"tiny-{family} not built: Forge's loader needs full-size text encoders for it (tests/webui/README.md)"
+    return f"tiny-{family} not built (WEBUI_KIT_FAMILIES)"
 
 
 def webui_python(root: Path) -> Path:
@@ -137,11 +187,18 @@ def free_port() -> int:
 
 
 def build_checkpoints(root: Path, python: Path, out: Path, families: tuple[str, ...]) -> dict[str, Path]:
-    """Run ``make_checkpoints.py`` with the WebUI's Python; return family -> ``.safetensors`` path."""
+    """Run ``make_checkpoints.py`` (A1111) or ``make_forge_checkpoint.py`` (Forge: SD1 only) with the WebUI's
+    Python; return family -> ``.safetensors`` path."""
+    if is_forge():
+        families = tuple(f for f in families if f in HOST_FAMILIES["forge"])
     wanted = [f for f in families if not (out / f"tiny-{f}.safetensors").exists()]
     if wanted:
-        cmd = [str(python), str(Path(__file__).with_name("make_checkpoints.py")), "--webui-dir", str(root)]
-        cmd += ["--out", str(out), "--families", ",".join(wanted)]
+        if is_forge():
+            cmd = [str(python), str(Path(__file__).with_name("make_forge_checkpoint.py")), "--forge-dir", str(root)]
+            cmd += ["--out", str(out)]
+        else:
+            cmd = [str(python), str(Path(__file__).with_name("make_checkpoints.py")), "--webui-dir", str(root)]
+            cmd += ["--out", str(out), "--families", ",".join(wanted)]
         env = dict(os.environ, **OFFLINE_ENV)
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
@@ -168,6 +225,7 @@ class WebUI:
     log_path: Path
     data_dir: Path
     checkpoints: dict[str, Path] = field(default_factory=dict)
+    host: str = "a1111"
 
     def request(self, method: str, path: str, payload: Any = None, timeout: float = 300) -> tuple[int, Any]:
         """Send one JSON request; return (status, decoded body); never raises for an HTTP error status."""
@@ -202,10 +260,16 @@ class WebUI:
     def txt2img(self, **payload: Any) -> dict[str, Any]:
         """POST /sdapi/v1/txt2img with small defaults (4 steps, 128x128, seed 1, Euler); return the body.
 
-        The body's ``info`` is decoded from its JSON string into a dict.
+        The body's ``info`` is decoded from its JSON string into a dict. Forge's API quirks are respected: a hires-fix
+        request gets ``hr_additional_modules: ["Use same choices"]`` (without it Forge fails with a TypeError) and an
+        explicit ``hr_cfg`` equal to the CFG scale (it defaults to 1.0 over the API, which silently drops the
+        negative prompt in the hires pass), unless the payload has its own.
         """
         full = {"prompt": "a red ball", "steps": 4, "width": 128, "height": 128, "seed": 1, "sampler_name": "Euler"}
         full.update(payload)
+        if self.host == "forge" and full.get("enable_hr"):
+            full.setdefault("hr_additional_modules", ["Use same choices"])
+            full.setdefault("hr_cfg", full.get("cfg_scale", 7.0))
         body = self.post("/sdapi/v1/txt2img", full)
         body["info"] = json.loads(body["info"]) if isinstance(body.get("info"), str) else body.get("info")
         return body
@@ -280,11 +344,16 @@ def start_webui(
         shutil.copytree(folder, data_dir / "extensions" / folder.name, ignore=ignore)
     settings = dict(BASE_CONFIG, **(config or {}))
     (data_dir / "config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
-    args = [str(python), "launch.py", *LAUNCH_FLAGS, "--port", str(port), "--data-dir", str(data_dir)]
+    flags = FORGE_LAUNCH_FLAGS if is_forge() else LAUNCH_FLAGS
+    args = [str(python), "launch.py", *flags, "--port", str(port), "--data-dir", str(data_dir)]
     ckpt_dir = checkpoints[ckpt].parent
     args += ["--ckpt-dir", str(ckpt_dir), "--ckpt", str(checkpoints[ckpt])]
     if not ui:
         args.append("--nowebui")
+    elif is_forge():
+        # Gradio 4 serves files (the WebUI's own script.js and javascript/, the extension's) only from allowed paths,
+        # which Forge sets to the data folder alone: with a data folder of its own, the UI would load no script.
+        args += ["--gradio-allowed-path", str(root), "--gradio-allowed-path", str(REPO_ROOT)]
     args += extra_args or []
     proc_env = dict(os.environ, **OFFLINE_ENV)
     proc_env["HF_HUB_CACHE"] = str(ckpt_dir / "hf-cache")  # the tiny OpenCLIP towers (see make_checkpoints.py)
@@ -301,7 +370,7 @@ def start_webui(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    server = WebUI(f"http://127.0.0.1:{port}", process, log_path, data_dir, checkpoints)
+    server = WebUI(f"http://127.0.0.1:{port}", process, log_path, data_dir, checkpoints, host() or "a1111")
     deadline = time.monotonic() + float(os.environ.get("WEBUI_KIT_START_S", "240"))
     try:
         while True:

@@ -155,7 +155,8 @@ def test_header_readout_follows_size_fields_and_enable(ui: UIPage) -> None:
     ui.open_accordion()
     text = ui.readout()
     enabled, low, size, factor, guided = readout_parts(text)
-    assert enabled and size == (512, 512) and factor == (1, 1) and low == (512, 512), text
+    host_size = (int(ui.slider_value("txt2img_width")), int(ui.slider_value("txt2img_height")))  # Forge: 512×640
+    assert enabled and size == host_size and factor == (1, 1) and low == host_size, text
     assert guided == "no guided steps", text
     ui.expect_readout_in_header(text)
 

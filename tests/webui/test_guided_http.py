@@ -1,4 +1,5 @@
-"""Guided runs over HTTP in a real A1111 WebUI: samplers, model-call counts, features, API forms, infotext, prompts.
+"""Guided runs over HTTP in a real A1111 WebUI or Forge: samplers, model-call counts, features, API forms, infotext,
+prompts.
 
 The extension's debug record (one JSON line per generation, written to the file named by ``RC_DEBUG_LOG``)
 is how these tests observe what happened inside the sampler: the number of model calls, the low-resolution
@@ -28,10 +29,10 @@ STEPS = 6
 # Guidance on every model call: the counts below are then exact.
 EVERY_CALL = {"enabled": True, "factor_h": 2, "factor_w": 2, "window": "fraction", "shape": "constant"}
 
-# Model calls (CFG-denoiser calls, cond and uncond batched) per generation of N steps in A1111 1.10.1, as this
-# kit measures them, and how many of them a window over all steps guides: first-order samplers N of N; Heun
-# 2N-1 (no second call on the last step); DDIM N; UniPC N+1, whose extra last call lies past the last step
-# and stays unguided.
+# Model calls (CFG-denoiser calls, cond and uncond batched) per generation of N steps in A1111 1.10.1 and in Forge
+# (dfdcbab6: the same counts), as this kit measures them, and how many of them a window over all steps guides:
+# first-order samplers N of N; Heun 2N-1 (no second call on the last step); DDIM N; UniPC N+1, whose extra last
+# call lies past the last step and stays unguided.
 MODEL_CALLS = {
     "Euler": (lambda n: n, lambda n: n),
     "Euler a": (lambda n: n, lambda n: n),
@@ -148,7 +149,7 @@ def test_features_guided(guided: Guided, name: str) -> None:
     payload = FEATURES[name]
     model = payload.get("override_settings", {}).get("sd_model_checkpoint", "tiny-sd1").removeprefix("tiny-")
     if model not in guided.server.checkpoints:
-        pytest.skip(f"tiny-{model} not built")
+        pytest.skip(kit.not_built(model))
     body, records = guided.run(EVERY_CALL, **payload)
     record = only_record(records)
     assert record["low_calls"] == record["model_calls"] == STEPS
@@ -260,7 +261,7 @@ def test_moving_grid_restarts_for_every_batch_and_pass(guided: Guided) -> None:
 def test_moving_grid_other_families(guided: Guided, model: str) -> None:
     """SD2-v and SDXL guided on the moving grid: one low-res call per model call, no error."""
     if model not in guided.server.checkpoints:
-        pytest.skip(f"tiny-{model} not built")
+        pytest.skip(kit.not_built(model))
     body, records = guided.run(dict(EVERY_CALL, grid="moving"),
                                override_settings={"sd_model_checkpoint": f"tiny-{model}"})
     record = only_record(records)

@@ -1,4 +1,4 @@
-"""HTTP scenarios against a real A1111 WebUI with the extension linked in (the kit's API-only suite).
+"""HTTP scenarios against a real A1111 WebUI or Forge with the extension linked in (the kit's API-only suite).
 
 These tests know the extension only by its script title and by the API contract of issue 4: the positional
 ``alwayson_scripts`` list starts with the enable checkbox, and a single dict of named fields is accepted,
@@ -31,7 +31,8 @@ SAMPLERS = [
 ]
 
 # WebUI features the extension must coexist with. Hires fix needs an explicit denoising_strength (without
-# it A1111 1.10 fails), and only latent or PIL upscalers: model upscalers would download weights.
+# it A1111 1.10 fails), and only latent or PIL upscalers: model upscalers would download weights. (In Forge the kit
+# adds the hires-fix fields its API needs, see kit.WebUI.txt2img.)
 SCENARIOS: dict[str, dict[str, Any]] = {
     "plain": {},
     "batch2_count2": {"batch_size": 2, "n_iter": 2},
@@ -60,12 +61,15 @@ def n_generated(body: dict[str, Any]) -> int:
     return len(body["info"]["infotexts"])
 
 
-def test_checkpoints_have_yaml_and_local_text_encoders(tiny_checkpoints: dict[str, Any]) -> None:
-    """Every tiny checkpoint has its architecture .yaml beside it and stays small."""
+def test_checkpoints_are_complete_and_small(tiny_checkpoints: dict[str, Any]) -> None:
+    """Every tiny checkpoint exists and stays small; A1111's have their architecture .yaml beside them (Forge guesses
+    the architecture from the weights)."""
+    assert tiny_checkpoints, "no checkpoint built"
     for family, path in tiny_checkpoints.items():
         assert path.exists(), family
-        assert path.with_suffix(".yaml").exists(), family
-        assert path.stat().st_size < 40 * 2**20, (family, path.stat().st_size)
+        assert kit.is_forge() or path.with_suffix(".yaml").exists(), family
+        limit = kit.MAX_CHECKPOINT_MIB[kit.host() or "a1111"]
+        assert path.stat().st_size < limit * 2**20, (family, path.stat().st_size)
 
 
 def test_server_lists_the_tiny_models(webui: kit.WebUI) -> None:
@@ -78,7 +82,7 @@ def test_server_lists_the_tiny_models(webui: kit.WebUI) -> None:
 def test_each_family_generates_and_follows_the_prompt(webui: kit.WebUI, family: str) -> None:
     """Each model family loads, generates deterministically, and its text encoder reaches the UNet."""
     if family not in webui.checkpoints:
-        pytest.skip(f"tiny-{family} not built (WEBUI_KIT_FAMILIES)")
+        pytest.skip(kit.not_built(family))
     override = {"override_settings": {"sd_model_checkpoint": f"tiny-{family}"}}
     first = webui.txt2img(prompt="a cat", **override)
     assert first["info"]["sd_model_name"] == f"tiny-{family}"
@@ -125,7 +129,7 @@ def test_png_info_round_trip(webui: kit.WebUI) -> None:
 def test_invalid_requests_keep_the_server_healthy(healthy_after: kit.WebUI) -> None:
     """Bad requests fail cleanly; the fixture then checks that the server still answers."""
     webui = healthy_after
-    # (An unknown sampler name is no error in A1111 1.10: it is "autocorrected" to the default sampler.)
+    # (An unknown sampler name is no error in A1111 1.10 or Forge: it is "autocorrected" to the default sampler.)
     status, _ = webui.request("POST", "/sdapi/v1/txt2img", {"prompt": "x", "steps": "many"})
     assert status == 422
     status, body = webui.request(

@@ -1,4 +1,4 @@
-"""A low-resolution call that fails inside the sampler, in a real A1111 WebUI, over HTTP.
+"""A low-resolution call that fails inside the sampler, in a real A1111 WebUI or Forge, over HTTP.
 
 Other extensions can make the extra model call of upsample guidance fail: ControlNet-like extensions feed the
 UNet hints computed for the full latent size, and a smaller latent no longer fits them. The kit reproduces this
@@ -7,7 +7,7 @@ never committed to a WebUI): when its script is enabled, every UNet call adds a 
 input on the side, so full-size calls are unchanged and the low-resolution call raises torch's own size-mismatch
 ``RuntimeError`` deep inside ``CFGDenoiser.forward``'s callbacks.
 
-What the extension promises then (``lib_chroma/webui/a1111.py``): the request still succeeds and gives its
+What the extension promises then (``lib_chroma/webui/generation.py``): the request still succeeds and gives its
 image, the rest of the generation runs unguided (so a failure at the first guided call gives exactly the
 unguided image), the reason goes into the infotext under ``RC error``, and the next generation is guided again
 as if nothing had happened.
@@ -50,13 +50,15 @@ class Hinted:
         return self.log.read_text(encoding="utf-8").splitlines() if self.log.exists() else []
 
     def run(
-        self, rc: dict[str, Any], hints: int | None = None, **payload: Any
+        self, rc: dict[str, Any], hints: int | None = None, replace_wrapper: bool = False, **payload: Any
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """txt2img with the extension's named fields ``rc``; ``hints`` = None (off) or the number of full-size
-        calls after which low-res calls fail (0: the first one fails). Returns the answer and the debug records
-        the generation appended."""
+        calls after which low-res calls fail (0: the first one fails); ``replace_wrapper`` (Forge): the test-only
+        extension replaces the UNet function wrapper before every model call. Returns the answer and the debug
+        records the generation appended."""
         seen = len(self._lines())
-        scripts = {TITLE: {"args": [rc]}, HINTS_TITLE: {"args": [hints is not None, hints or 0]}}
+        hint_args = [hints is not None, hints or 0, replace_wrapper]
+        scripts = {TITLE: {"args": [rc]}, HINTS_TITLE: {"args": hint_args}}
         full = {"steps": STEPS, "alwayson_scripts": scripts, **payload}
         body = self.server.txt2img(**full)
         return body, [json.loads(line) for line in self._lines()[seen:]]
@@ -169,3 +171,19 @@ def test_next_run_after_a_failure_is_guided_again(hinted: Hinted) -> None:
     assert pixels(after) == pixels(before)
     assert infotext(after) == infotext(before)
     assert hinted.server.healthy()
+
+
+def test_replaced_unet_wrapper_is_reported_not_claimed(hinted: Hinted) -> None:
+    """Forge: another extension replaces the UNet function wrapper, so no model call reaches the guidance. The
+    image is the unguided one, and the infotext says why instead of claiming guided steps (issue 15: Forge used to
+    report ``RC guided steps`` for a generation with no guided call)."""
+    if not kit.is_forge():
+        pytest.skip("A1111 has no UNet function wrapper (Forge only)")
+    _, unguided = references(hinted, "Euler")
+    body, recs = hinted.run(EVERY_CALL, replace_wrapper=True, sampler_name="Euler")
+    text = infotext(body)
+    assert "RC kit hints: replace wrapper" in text, text
+    assert pixels(body) == unguided
+    assert "RC guided steps" not in text, text
+    assert "nothing was guided" in text and "RC scale: " in text, text
+    assert len(recs) == 1 and recs[0]["low_calls"] == 0 and "nothing was guided" in str(recs[0]["failed"]), recs
