@@ -22,8 +22,8 @@ block that contains it, so no unguided strip and no seam appear.
 Moving grid (``grid="moving"``): a fixed pooling grid imprints itself, because the correction of every call
 changes the same m×m blocks. With the moving grid, model call ``phase`` of a pass pools on blocks shifted up
 and left by an offset ``(o_h, o_w)`` (:func:`grid_offset`: every offset of ``[0, m_h) × [0, m_w)`` once per
-``m_h m_w`` calls, the two axes moving together; nested levels count in mixed radix, see
-:meth:`GuidancePlan.offset`). The shifted grid
+``m_h m_w`` calls, the two axes moving together; nested levels take the digits of one such cycle over
+the total factor, see :meth:`GuidancePlan.offset`). The shifted grid
 keeps the pooled size ``ceil(H / m_h)``: the first block row starts up to ``m_h - 1`` rows above the image and
 is completed by replicating the image's first row (as for sizes a factor does not divide); where the last block
 row ends above the image's bottom, the rows below it take the correction of the block row above them, as
@@ -293,14 +293,20 @@ class GuidancePlan:
     def offset(self, level: int, phase: int) -> tuple[int, int]:
         """Pooling-grid offset of ``level`` at model call ``phase``: (0, 0) for the fixed grid.
 
-        Nested levels count in mixed radix: level k moves once per full cycle of the finer levels,
-        ``grid_offset(floor(phase / C_k), m_k)`` with ``C_k = prod_{i<k} m_h,i m_w,i``, so the cumulative offset
-        of the coarsest grid in full-resolution pixels, ``sum_k o_k prod_{i<k} m_i``, visits every one of its
-        ``M_h M_w`` values once per ``M_h M_w`` calls (4 = 2·2: all 16 offsets of the 4×4 grid)."""
+        One cycle over the total factor ``M = prod_k m_k`` per axis: the cumulative offset of the coarsest grid
+        in full-resolution pixels is ``O = grid_offset(phase, M_h, M_w)`` and level k takes its digit,
+        ``o_k = floor(O / prod_{i<k} m_i) mod m_k``, so ``O = sum_k o_k prod_{i<k} m_i``. The coarsest grid
+        moves at every call and visits all ``M_h M_w`` offsets per cycle (4 = 2·2: all 16 of the 4×4 grid);
+        the finest visits all of its own within ``2 m_h m_w`` calls."""
         if self.grid == "fixed":
             return (0, 0)
-        cycle = math.prod(mh * mw for mh, mw in self.levels[:level])
-        return grid_offset(phase // cycle, *self.levels[level])
+        big_h = math.prod(mh for mh, _ in self.levels)
+        big_w = math.prod(mw for _, mw in self.levels)
+        o_h, o_w = grid_offset(phase, big_h, big_w)
+        below_h = math.prod(mh for mh, _ in self.levels[:level])
+        below_w = math.prod(mw for _, mw in self.levels[:level])
+        mh, mw = self.levels[level]
+        return (o_h // below_h) % mh, (o_w // below_w) % mw
 
     def active(self, sigma: float) -> bool:
         """Whether any model call is made at this sigma (the finest level's weight is non-zero)."""

@@ -409,10 +409,18 @@ def test_moving_grid_nested_levels_one_call_each():
     d = model(x, s)
     model.calls.clear()
     p = plan((4, 4), grid="moving")
-    assert p.offset(0, 1) == (1, 1) and p.offset(1, 1) == (0, 0) and p.offset(1, 4) == (1, 1)
-    # mixed radix: the cumulative offset of the 4x4 grid (o_0 + 2 o_1 per axis) visits all 16 values per cycle
-    cum = {tuple(a + 2 * b for a, b in zip(p.offset(0, k), p.offset(1, k))) for k in range(16)}
-    assert cum == {(a, b) for a in range(4) for b in range(4)}
+    assert p.offset(0, 1) == (1, 1) and p.offset(1, 1) == (0, 0) and p.offset(1, 2) == (1, 1)
+    # the cumulative offset of the 4x4 grid (o_0 + 2 o_1 per axis) visits all 16 values per cycle and moves
+    # at every call; the finest level visits its 4 offsets within 8 calls
+    cum = [tuple(a + 2 * b for a, b in zip(p.offset(0, k), p.offset(1, k))) for k in range(16)]
+    assert sorted(cum) == [(a, b) for a in range(4) for b in range(4)]
+    assert all(cum[k] != cum[k + 1] for k in range(15))
+    assert cum == [G.grid_offset(k, 4, 4) for k in range(16)]
+    assert {p.offset(0, k) for k in range(8)} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    p42 = plan((4, 2), grid="moving")  # levels (2, 2), (2, 1)
+    cum42 = {(a0 + 2 * a1, b0 + 2 * b1) for k in range(8) for (a0, b0), (a1, b1) in [(p42.offset(0, k),
+                                                                                         p42.offset(1, k))]}
+    assert cum42 == {(a, b) for a in range(4) for b in range(2)}
     G.guide_x0(x, s, d, model, p, phase=1)
     assert model.calls == [(3, 16, 16), (3, 8, 8)]
 
