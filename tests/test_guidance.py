@@ -297,6 +297,20 @@ def test_hold_shape_keeps_full_weight_until_q_end():
     assert p4.weight(0, 0.8) == 1.0 and p4.weight(1, 0.8) == 0.0  # the coarser level is done sooner
 
 
+def test_default_window_ends_at_r_098_the_094_end_for_content_of_power_032():
+    """The default hold ends where r_M = 0.98 (sigma = M sqrt(0.02/0.98) ≈ M/7), the sigma at which the old end
+    0.94 stops for a level of power P = (0.02/0.98) / (0.06/0.94) ≈ 0.32 (docs/theory.md, The window)."""
+    d = G.GuidancePlan.build((2, 2))
+    assert (d.q_end, d.shape, d.grid, d.scale) == (0.98, "hold", "moving", 1.5)
+    edge = 2 * math.sqrt(0.02 / 0.98)
+    assert d.weight(0, edge * 1.01) == 1.5 and d.weight(0, edge * 0.99) == 0.0
+    p = (0.02 / 0.98) / (0.06 / 0.94)
+    old_for_p = G.GuidancePlan.build((2, 2), q_end=0.94, power=p)
+    for s in (edge * 1.01, edge * 0.99, 0.5, 0.2):
+        assert old_for_p.weight(0, s) == d.weight(0, s)
+    assert G.GuidancePlan.build((2, 2), q_end=0.94).weight(0, 0.4) == 0.0 < d.weight(0, 0.4)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Moving pooling grid
 # ------------------------------------------------------------------------------------------------------------
