@@ -84,7 +84,7 @@ __all__ = [
 
 #: q: the fraction of the coarsest octave an upscale cannot carry that a full-size run would already hold at
 #: ``sigma_s`` (and the cascade loses). Chosen with the toy benchmark (README, docs/theory.md §8).
-DEFAULT_LOSS = 0.2
+DEFAULT_LOSS = 0.4
 #: the first user sigma below ``sigma_s`` is dropped when it lies less than this fraction of a user step below it
 DEFAULT_MERGE = 0.5
 #: how the second pass starts (see :func:`handover`): the upscaled x0 prediction with fresh noise (``fresh``); the
