@@ -131,7 +131,7 @@ class CascadeSetup:
         return self.plan.cost(self.calls_per_step, self.second_call)
 
     def readout(self) -> str:
-        """``native 512² steps 1–11, then 1024² steps 9–20 guided 9–13 · ≈0.80× plain model time``
+        """``native 512² steps 1–12, then 1024² steps 10–20 guided 10–14 · ≈0.76× plain model time``
         (1-based, inclusive user steps)."""
         nat, full = self.plan.stages
         a, b = nat.user_steps
