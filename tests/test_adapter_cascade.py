@@ -170,6 +170,26 @@ def test_cascade_steps_aside_and_says_why(web, case, kw, why):
     assert web.a1111.current().cascade is None
 
 
+def test_cascade_steps_aside_in_forge_with_a_note(web):
+    """In Forge the script's ``process`` is the Forge adapter's, then :func:`take_cascade`: the cascade leaves
+    the request as the user sent it and says why; the generation still runs (one guided pass)."""
+    from lib_chroma.webui import forge
+
+    engine = types.SimpleNamespace(forge_objects=types.SimpleNamespace(), is_sd1=True, is_sd2=False,
+                                   is_sdxl=False)
+    p = cascade_p(web, sd_model=engine)
+    before = dict(vars(p))
+    args = ({"cascade": True},)
+    web.a1111.on_before_process(p, args)
+    forge.on_process(p, args)
+    web.a1111.take_cascade(p)
+    for k in ("width", "height", "enable_hr", "hr_resize_x", "denoising_strength", "hr_second_pass_steps"):
+        assert getattr(p, k) == before[k], k
+    assert "Forge" in p.extra_generation_params["RC note"]
+    st = web.a1111.current()
+    assert st is not None and st.p is p and st.cascade is None
+
+
 def test_cascade_off_or_disabled_leaves_p_alone(web):
     for args in ([{"cascade": False}], [False], [{"enabled": False, "cascade": True}], []):
         p = cascade_p(web)
