@@ -39,6 +39,10 @@ def test_readout_states_the_cost_of_every_mode():
     # the hires-fix target is the output size when Hires. fix is ticked
     hr, _, _ = preview(cas.to_dict(), "DPM++ 2M", "Karras", 20, 512, 512, hires=(2.0, 0, 0))
     assert hr == readout
+    # Forge: the cascade steps aside there, so the readout is the guided one and says why
+    forge, _, _ = preview(cas.to_dict(), "DPM++ 2M", "Karras", 20, 1024, 1024, forge=True)
+    assert forge == f"{guided} · no cascade: the cascade runs in A1111 (Forge samples its passes differently)"
+    assert preview(on.to_dict(), "DPM++ 2M", "Karras", 20, 1024, 1024, forge=True)[0] == guided
     ddim, _, _ = preview(cas.to_dict(), "DDIM", "Automatic", 20, 1024, 1024)
     assert ddim.startswith("512×512 → 1024×1024") and ddim.endswith("no cascade: DDIM has no sigma schedule to "
                                                                     "stop and resume")

@@ -106,7 +106,7 @@ def on_before_process(p: Any, args: tuple) -> None:
         model = getattr(p, "sd_model", None) or shared.sd_model
         family = G.model_family(model)
         if G.is_forge(model):
-            decision: Any = "the cascade runs in A1111 (Forge samples its passes differently)"
+            decision: Any = CS.FORGE_NOTE
         elif family is None:
             decision = "the loaded model is not SD1.x, SD2.x or SDXL"
         else:

@@ -51,6 +51,8 @@ CASCADE_POWER = 1.0
 #: How the hires pass starts: ``renoise`` (A1111's hires noise is rewritten in place, see
 #: :func:`lib_chroma.cascade.renoise`) or ``fresh`` (A1111's own: the upscaled x0 plus fresh noise).
 HANDOVER = DEFAULT_HANDOVER if DEFAULT_HANDOVER in ("renoise", "fresh") else "fresh"
+#: Why the cascade steps aside in Forge (the request, the infotext's ``RC note`` and the readout say it).
+FORGE_NOTE = "the cascade runs in A1111 (Forge samples its passes differently)"
 #: k-diffusion samplers that take no sigma sequence (their steps cannot be stopped or given).
 NO_SIGMA_SCHEDULE = ("DPM fast", "DPM adaptive")
 

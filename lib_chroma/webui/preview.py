@@ -14,7 +14,7 @@ from lib_chroma.chromatography import hires_strength
 from lib_chroma.curves import curves_report
 from lib_chroma.guidance import GuidancePlan, auto_factor
 from lib_chroma.schedule import MODEL_FAMILIES, model_schedule
-from lib_chroma.webui.cascade_setup import guidance_cost, guidance_kwargs, hires_target, setup_cascade
+from lib_chroma.webui.cascade_setup import FORGE_NOTE, guidance_cost, guidance_kwargs, hires_target, setup_cascade
 from lib_chroma.webui.svgplot import curves_svg
 
 
@@ -28,6 +28,7 @@ def preview(
     *,
     family: str = "sd1",
     hires: tuple[float, int, int] | None = None,
+    forge: bool = False,
 ) -> tuple[str, str, str]:
     """(header readout, curve SVG, switch info) for the current controls.
 
@@ -35,8 +36,9 @@ def preview(
     time`` (1-based, inclusive steps; ``c`` the expected pixel-evaluations of the guided pass over the unguided
     one). With the cascade on (txt2img): its plan (:meth:`CascadeSetup.readout`) to the output size, which is the
     hires-fix target when ``hires`` = (upscale by, resize width, resize height) is given (Hires. fix ticked), or
-    the guided readout followed by why the cascade steps aside. Prefixed ``off ·`` while disabled. Invalid values
-    give a ``⚠ field: …`` message instead of raising."""
+    the guided readout followed by why the cascade steps aside (always with ``forge``: Forge's host, where it
+    does not run). Prefixed ``off ·`` while disabled. Invalid values give a ``⚠ field: …`` message instead of
+    raising."""
     try:
         s = S.RCSettings(**{k: v for k, v in values.items() if k in S.FIELD_BY_NAME})
         native = int(MODEL_FAMILIES[family]["native"])
@@ -78,7 +80,8 @@ def preview(
         pass
     if s.cascade:
         tw, th = (w, h) if hires is None else hires_target(w, h, *hires)
-        setup = setup_cascade(s, family, sampler or "Euler", scheduler or "Automatic", n, tw, th)
+        setup = FORGE_NOTE if forge else setup_cascade(s, family, sampler or "Euler", scheduler or "Automatic", n,
+                                                        tw, th)
         readout = setup.readout() if not isinstance(setup, str) else f"{readout} · no cascade: {setup}"
     if not s.enabled:
         readout = "off · " + readout

@@ -10,6 +10,8 @@ without registering anything global.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import Any
 
 import gradio as gr
@@ -80,7 +82,8 @@ def _try_wire(tab: str) -> None:
             hires = (float(ex.get("hr_scale") or 1.0), int(ex.get("hr_resize_x") or 0),
                      int(ex.get("hr_resize_y") or 0))
         fam = _family()
-        readout, svg, info = preview(values, sampler, scheduler, steps, w, h, family=fam, hires=hires)
+        readout, svg, info = preview(values, sampler, scheduler, steps, w, h, family=fam, hires=hires,
+                                     forge=_forge())
         try:
             if "hr_scale" in ex:
                 m = float(ex["hr_scale"])
@@ -114,6 +117,16 @@ def _family() -> str:
         return (model_family(model) or "sd1") if model is not None else "sd1"
     except Exception:  # noqa: BLE001
         return "sd1"
+
+
+@functools.cache
+def _forge() -> bool:
+    """Whether the host is Forge (its ``modules_forge`` package exists), where the cascade steps aside; looked up
+    once per process."""
+    try:
+        return importlib.util.find_spec("modules_forge") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _initial() -> dict[str, Any]:
@@ -207,7 +220,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                 )
         plot = gr.HTML(value="", elem_id=script.elem_id("curves"), elem_classes=["rc-curves-box"])
 
-    r0, svg0, info0 = preview(init, "Euler", "Automatic", 20, 512, 512, family=_family())
+    r0, svg0, info0 = preview(init, "Euler", "Automatic", 20, 512, 512, family=_family(), forge=_forge())
     readout.value, plot.value, switch_info.value = r0, svg0, info0
     strength.value = suggested_strength("Euler", "Automatic", 20, 2, family=_family())
     inputs = [comps[n] for n in S.FIELD_NAMES]

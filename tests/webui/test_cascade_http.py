@@ -10,6 +10,8 @@ A1111's first pass is 64×64 and its hires pass 128×128. What they check:
   stay below a plain 128×128 run of the same steps (model seconds of both are written to
   ``cascade-model-time.json`` in the kit folder: measured, not asserted);
 - samplers without a sigma schedule (DDIM, UniPC) step aside: one guided pass, ``RC note`` says why;
+- in Forge (``FORGE_DIR``) the cascade steps aside: one guided 128×128 pass, ``RC note`` says why, no hires
+  pass; the A1111 scenarios are skipped there;
 - batch size and count, SD2-v and SDXL tiny, a user's own Hires. fix (the cascade's steps win, the upscaler is
   kept), infotext and the pasted parameters reproducing the image, and no state leak into later requests.
 """
@@ -38,6 +40,8 @@ from tests.webui.test_guided_http import Guided, infotext, only_record  # noqa: 
 STEPS = 20
 CASCADE = {"enabled": True, "cascade": True, "factor_h": 2, "factor_w": 2}
 SIZE = {"width": 128, "height": 128, "steps": STEPS}
+#: The scenarios in which the cascade runs: A1111 only (in Forge it steps aside, see test_forge_steps_aside).
+A1111_ONLY = pytest.mark.skipif(kit.is_forge(), reason="the cascade runs in A1111 only (Forge: it steps aside)")
 K_SAMPLERS = [("Euler", None), ("Euler a", None), ("DPM++ 2M", "Karras"), ("Heun", None), ("DPM++ SDE", "Karras")]
 TIMES: dict[str, dict[str, float]] = {}
 
@@ -98,6 +102,7 @@ def check_cascade(record: dict[str, Any], sampler: str, scheduler: str | None) -
     assert readout.startswith(f"native 64² steps 1–{k + 1}, then 128² steps ")
 
 
+@A1111_ONLY
 @pytest.mark.parametrize("sampler,scheduler", K_SAMPLERS)
 def test_cascade_runs_as_planned(cascading: Cascading, sampler: str, scheduler: str | None) -> None:
     """The first pass stops where the readout says, the hires pass makes the planned calls, and the model's
@@ -129,6 +134,7 @@ def test_cascade_runs_as_planned(cascading: Cascading, sampler: str, scheduler: 
     assert image_size(plain_body["images"][0]) == (128, 128)
 
 
+@A1111_ONLY
 @pytest.mark.parametrize("sampler", ["DDIM", "UniPC"])
 def test_samplers_without_sigmas_step_aside(cascading: Cascading, sampler: str) -> None:
     body, records = cascading.run(CASCADE, sampler_name=sampler)
@@ -140,6 +146,7 @@ def test_samplers_without_sigmas_step_aside(cascading: Cascading, sampler: str) 
     assert "Size: 128x128" in text and "Hires" not in text
 
 
+@A1111_ONLY
 @pytest.mark.parametrize("name,payload", [
     ("batch", {"batch_size": 2, "n_iter": 2}),
     ("sd2v", {"override_settings": {"sd_model_checkpoint": "tiny-sd2v"}}),
@@ -162,6 +169,7 @@ def test_cascade_features(cascading: Cascading, name: str, payload: dict[str, An
     assert "RC error" not in infotext(body)
 
 
+@A1111_ONLY
 def test_user_hires_fix_yields_to_the_cascade(cascading: Cascading) -> None:
     """Hires. fix ticked: its target is the output size; its steps and strength are replaced, its upscaler kept."""
     hires = {"width": 64, "height": 64, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent (bicubic)",
@@ -175,6 +183,7 @@ def test_user_hires_fix_yields_to_the_cascade(cascading: Cascading) -> None:
     assert f"Denoising strength: {record['cascade']['strength']}" in text
 
 
+@A1111_ONLY
 def test_infotext_and_paste_reproduce_the_image(cascading: Cascading) -> None:
     body, _ = cascading.run(CASCADE, sampler_name="DPM++ 2M", scheduler="Karras")
     info = cascading.server.post("/sdapi/v1/png-info", {"image": body["images"][0]})
@@ -209,6 +218,7 @@ def test_cascade_off_is_bit_identical_and_leaves_no_state(cascading: Cascading) 
     assert after["images"] == base["images"] and after["info"]["infotexts"] == base["info"]["infotexts"]
 
 
+@A1111_ONLY
 def test_model_time_at_512(cascading: Cascading) -> None:
     """512×512 (first pass 256×256): the model's seconds of a cascade and of a plain run, measured side by side
     and written to cascade-model-time.json (at 128×128 the tiny UNet's calls cost the same at any size, so
@@ -225,3 +235,17 @@ def test_model_time_at_512(cascading: Cascading) -> None:
     TIMES["512x512 DPM++ 2M Karras (2 runs each)"] = {"cascade_model_s": cas_s, "plain_model_s": plain_s,
                                                      "rel_pixel_evals": ratio}
     assert ratio == pytest.approx(rows[0][0]["cascade"]["rel_pixel_evals"], rel=0.02) and ratio < 1
+
+
+@pytest.mark.skipif(not kit.is_forge(), reason="Forge only (in A1111 the cascade runs)")
+def test_forge_steps_aside(cascading: Cascading) -> None:
+    """Forge samples its passes through its own backend: the request stays one guided pass at the size asked
+    for, and the infotext says why the cascade did not run."""
+    body, records = cascading.run(CASCADE, sampler_name="DPM++ 2M", scheduler="Karras")
+    record = only_record(records)
+    assert "cascade" not in record and [p["pass"] for p in record["passes"]] == ["first"]
+    assert record["low_calls"] > 0
+    text = infotext(body)
+    assert "cascade not applied: the cascade runs in A1111" in text and "RC error" not in text
+    assert "Size: 128x128" in text and "Hires" not in text
+    assert image_size(body["images"][0]) == (128, 128)
