@@ -51,6 +51,7 @@ __all__ = [
     "parse_window",
     "infotext_value",
     "INFOTEXT_KEYS",
+    "INFOTEXT_INFO_KEYS",
     "INFOTEXT_MARKER",
     "TITLE",
 ]
@@ -324,17 +325,26 @@ FIELDS: tuple[FieldSpec, ...] = (
         "fixed: the same blocks every call.",
         choices=GRID_CHOICES,
     ),
+    FieldSpec(
+        "cascade",
+        "bool",
+        False,
+        "Cascade (faster)",
+        "RC cascade",
+        "txt2img above the native size: a native-size pass stopped early (when the chromatogram says the next "
+        "octave would start forming), upscaled, re-noised and finished at full size with guidance, through "
+        "A1111's hires fix (it sets the first-pass size, strength and hires steps). Cheaper than one pass "
+        "at full size.",
+    ),
 )
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 FIELD_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
 
-#: Every infotext key the extension writes. The last three are informational (written, never read back).
-INFOTEXT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(f.infotext for f in FIELDS if f.infotext)) + (
-    "RC guided steps",
-    "RC switch step",
-    "RC error",
-)
+#: The informational infotext keys (written, never read back).
+INFOTEXT_INFO_KEYS: tuple[str, ...] = ("RC guided steps", "RC switch step", "RC error", "RC note")
+#: Every infotext key the extension writes: the fields' keys, then the informational ones.
+INFOTEXT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(f.infotext for f in FIELDS if f.infotext)) + INFOTEXT_INFO_KEYS
 
 #: Presets per model family: starting values for fields (others keep their defaults).
 _GUIDANCE_DEFAULTS: dict[str, Any] = {
@@ -449,6 +459,7 @@ class RCSettings:
     switch_level: int = 4
     switch_q: float = 0.5
     grid: str = DEFAULT_GRID
+    cascade: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -513,6 +524,8 @@ class RCSettings:
             "RC passes": self.passes,
             "RC grid": self.grid,
         }
+        if self.cascade:
+            out["RC cascade"] = "true"
         if self.prompt_mode != "off":
             out["RC prompts"] = self.prompt_mode
             if self.prompt_mode == "fields":
@@ -644,6 +657,7 @@ def _parse_infotext(params: Mapping[str, str]) -> dict[str, Any]:
         ("RC nested", "nested"),
         ("RC passes", "passes"),
         ("RC grid", "grid"),
+        ("RC cascade", "cascade"),
         ("RC prompts", "prompt_mode"),
         ("RC layout", "layout_prompt"),
         ("RC detail", "detail_prompt"),

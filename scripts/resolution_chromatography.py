@@ -43,16 +43,27 @@ class ResolutionChromatography(scripts.Script):
     def after_component(self, component, **kwargs) -> None:
         ui.capture(component, kwargs.get("elem_id"))
 
+    def before_process(self, p, *args) -> None:
+        a1111.on_before_process(p, args)
+
     def process(self, p, *args) -> None:
-        _adapter(p).on_process(p, args)
+        adapter = _adapter(p)
+        adapter.on_process(p, args)
+        if adapter is not a1111:  # A1111's on_process takes the cascade's decision itself
+            a1111.take_cascade(p)
 
     def process_batch(self, p, *args, **kwargs) -> None:
         generation.on_process_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs) -> None:
         x = kwargs.get("x")
-        if x is not None:
-            _adapter(p).on_before_sampling(p, x)
+        if x is None:
+            return
+        adapter = _adapter(p)
+        if adapter is a1111:
+            a1111.on_before_sampling(p, x, kwargs.get("noise"))
+        else:
+            adapter.on_before_sampling(p, x)
 
     def post_sample(self, p, ps, *args) -> None:
         generation.on_post_sample(p)

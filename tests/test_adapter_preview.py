@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from lib_chroma import settings as S
@@ -13,11 +14,38 @@ def test_readout_and_svg():
     vals = S.RCSettings(enabled=True).to_dict()
     readout, svg, info = preview(vals, "Euler", "Karras", 20, 1024, 1536, family="sd1")
     assert readout.startswith("512×512 → 1024×1536 (×2, ×3) · guided steps 1–")
-    assert readout.endswith("of 20")
+    assert re.search(r"of 20 · ≈1\.\d\d× plain model time$", readout), readout
     assert svg.startswith("<svg") and svg.endswith("</svg>") and 'data-steps="20"' in svg
     assert "Time-dependent prompts are off." in info
     off, _, _ = preview(S.RCSettings().to_dict(), "Euler", "Automatic", 20, 512, 512, family="sdxl")
     assert off.startswith("off · ") and "no guided steps" in off
+
+
+def test_readout_states_the_cost_of_every_mode():
+    from lib_chroma.webui.cascade_setup import setup_cascade
+
+    on = S.RCSettings(enabled=True)
+    guided, _, _ = preview(on.to_dict(), "DPM++ 2M", "Karras", 20, 1024, 1024)
+    cost = float(re.search(r"≈(\d\.\d\d)×", guided).group(1))
+    assert 1.0 < cost < 1.5  # guidance adds low-resolution calls
+    cas = on.with_(cascade=True)
+    readout, _, _ = preview(cas.to_dict(), "DPM++ 2M", "Karras", 20, 1024, 1024)
+    setup = setup_cascade(cas, "sd1", "DPM++ 2M", "Karras", 20, 1024, 1024)
+    nat, full = setup.plan.stages
+    g = full.guided_user_steps()
+    assert readout == (f"native 512² steps 1–{nat.user_steps[1] + 1}, then 1024² steps {full.user_steps[0] + 1}–20 "
+                       f"guided {g[0] + 1}–{g[1] + 1} · ≈{setup.rel_cost:.2f}× plain model time")
+    assert setup.rel_cost < 1.0
+    # the hires-fix target is the output size when Hires. fix is ticked
+    hr, _, _ = preview(cas.to_dict(), "DPM++ 2M", "Karras", 20, 512, 512, hires=(2.0, 0, 0))
+    assert hr == readout
+    # Forge: the cascade steps aside there, so the readout is the guided one and says why
+    forge, _, _ = preview(cas.to_dict(), "DPM++ 2M", "Karras", 20, 1024, 1024, forge=True)
+    assert forge == f"{guided} · no cascade: the cascade runs in A1111 (Forge samples its passes differently)"
+    assert preview(on.to_dict(), "DPM++ 2M", "Karras", 20, 1024, 1024, forge=True)[0] == guided
+    ddim, _, _ = preview(cas.to_dict(), "DDIM", "Automatic", 20, 1024, 1024)
+    assert ddim.startswith("512×512 → 1024×1024") and ddim.endswith("no cascade: DDIM has no sigma schedule to "
+                                                                    "stop and resume")
 
 
 def test_svg_changes_with_steps_and_width():

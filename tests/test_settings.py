@@ -196,4 +196,22 @@ def test_grid_field_round_trips_and_old_infotext_pastes_as_fixed():
     assert S.from_dict({"grid": "Moving"}).grid == "moving"
     with pytest.raises(ValueError, match="^grid: must be one of 'fixed', 'moving'"):
         S.from_dict({"grid": "wobbly"})
-    assert S.FIELD_NAMES[-1] == "grid"  # appended: older positional API calls keep their meaning
+    # appended after switch_q: older positional API calls keep their meaning
+    assert S.FIELD_NAMES[S.FIELD_NAMES.index("switch_q") + 1] == "grid"
+
+
+def test_cascade_field_is_appended_and_round_trips():
+    assert S.FIELD_NAMES[-2:] == ("grid", "cascade")  # appended last: positional calls keep their meaning
+    assert S.RCSettings().cascade is False
+    s = S.RCSettings(enabled=True, cascade=True)
+    assert s.to_infotext()["RC cascade"] == "true"
+    assert "RC cascade" not in S.RCSettings(enabled=True).to_infotext()  # off: the infotext is unchanged
+    assert S.from_infotext({k: str(v) for k, v in s.to_infotext().items()}).cascade is True
+    assert S.infotext_value("cascade", {"RC scale": "1.5"}) is False
+    args = S.RCSettings().to_args()
+    args[0], args[-1] = True, True
+    assert S.from_args(args).cascade is True
+    assert S.from_dict({"cascade": "true"}).cascade is True
+    with pytest.raises(ValueError, match="^cascade: must be true or false"):
+        S.from_dict({"cascade": "maybe"})
+    assert "RC cascade" in S.INFOTEXT_KEYS and "RC cascade" not in S.INFOTEXT_INFO_KEYS  # pasted

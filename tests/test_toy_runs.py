@@ -176,3 +176,46 @@ def test_moving_grid_images_do_not_depend_on_the_batching(model: runs.CountingMo
     fixed = runs.run_kdiff(model, 3, 64, 64, 4, seed=5, plan=runs.make_plan((2, 2), 4, grid="fixed",
                                                                             shape="constant"), batch=3)
     assert not torch.allclose(a, fixed, atol=1e-3)
+
+
+@pytest.mark.parametrize("factor,chain", [((2, 2), False), ((4, 4), False), ((4, 4), True)])
+def test_cascade_makes_the_planned_calls(model: runs.CountingModel, factor, chain) -> None:
+    from lib_chroma.toy import cascade_runs
+
+    plan = cascade_runs.toy_cascade(factor, 8, loss=0.2, power=1.0, chain=chain)
+    cost = plan.cost()
+    model.reset()
+    x = cascade_runs.run_cascade(model, 2, plan, seed=3)
+    assert x.shape == (2, 3, 32 * factor[0], 32 * factor[1]) and bool(torch.isfinite(x).all())
+    want: dict[tuple[int, int], int] = {}
+    for st, calls, lows in zip(plan.stages, cost.stage_calls, cost.low_calls):
+        size = (32 * st.factor[0], 32 * st.factor[1])
+        want[size] = want.get(size, 0) + calls
+        for lvl, n_low in enumerate(lows):
+            div = math.prod(m for m, _ in st.plan.levels[: lvl + 1])
+            low = (size[0] // div, size[1] // div)
+            want[low] = want.get(low, 0) + n_low
+    assert model.calls == {k: v for k, v in want.items() if v}
+    plain = 2 * 8 * 32 * factor[0] * 32 * factor[1]
+    assert model.pixel_evals / plain == pytest.approx(cost.rel_pixel_evals)
+
+
+def test_cascade_native_stage_is_the_native_runs_prefix(model: runs.CountingModel, monkeypatch) -> None:
+    """The native stage follows the native samples' trajectory: what it hands over is the x0 prediction the native
+    run makes at the stop step, from the same latent."""
+    from lib_chroma.toy import cascade_runs
+
+    plan = cascade_runs.toy_cascade((2, 2), 8, loss=0.2, power=1.0)
+    k = plan.stop_step
+    seen = {}
+    import lib_chroma.cascade as C
+
+    def spy(*a, **kw):
+        seen["x0"] = a[0]
+        return C.handover(*a, **kw)
+
+    monkeypatch.setattr(cascade_runs, "handover", spy)
+    cascade_runs.run_cascade(model, 2, plan, seed=5)
+    rec: list[torch.Tensor] = []
+    runs.run_kdiff(model, 2, 32, 32, 8, seed=5, record=rec)
+    assert torch.allclose(seen["x0"], rec[k], atol=1e-5)

@@ -8,7 +8,10 @@ Methods: ``plain`` sampling at the output size; ``upscale`` (bilinear upscale of
 diffusion); ``hires`` (A1111's hires fix at its default strength 0.7 and at the chromatography strength);
 ``guidance`` with the default chromatography window ("auto", the library's default shape: with ``hold``,
 full weight until level m is ``q_end`` generated, then off) and fixed windows for contrast (first 30 %,
-first 60 % and all steps, constant weight); at 2x also deterministic DDIM, plain and guided through ``guide_eps``.
+first 60 % and all steps, constant weight); at 2x also deterministic DDIM, plain and guided through ``guide_eps``;
+with ``--cascade``, the chromatographic cascade (:mod:`lib_chroma.cascade`, :func:`cascade_rows`): a native pass
+stopped by the rule, its handover, and a full-size pass guided with the library's defaults (for 4x also the chain
+1x → 2x → 4x); ``--cascade-variants`` compares handovers, upscalers and fixed hires strengths.
 
 Cost columns, relative to plain sampling at the same size in the same run:
 ``calls`` = model evaluations (any size) / plain's; ``pixel_evals`` = ``sum(batch * H * W)`` / plain's
@@ -44,9 +47,10 @@ import torch
 
 from lib_chroma import empirical
 from lib_chroma import guidance as G
-from lib_chroma.schedule import sampler_sigmas
+from lib_chroma.cascade import DEFAULT_HANDOVER, DEFAULT_LOSS, CascadePlan, plan_cascade
+from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 
-from . import runs, scorer
+from . import cascade_runs, runs, scorer
 from .train import load_model
 
 DEFAULT_OUT = Path("outputs/bench")
@@ -67,6 +71,58 @@ def candidate_plans(scale: float = 1.0) -> dict[str, dict[str, Any]]:
                                                             "operator": "bilinear"},
         "cand. auto fade 0.9, nearest, w=1.25": {"scale": 1.25, "q_end": 0.9, "operator": "nearest"},
     }
+
+
+def cascade_method(
+    model: runs.CountingModel, factor: tuple[int, int], steps: int, seed: int, sampler: str = runs.DEFAULT_SAMPLER,
+    *, loss: float = DEFAULT_LOSS, power: float | None = None, handover: str = DEFAULT_HANDOVER,
+    upscaler: str = "bilinear", chain: bool = False, strength: float | None = None, grid: str = G.DEFAULT_GRID,
+) -> tuple[CascadePlan | None, Method]:
+    """A cascade row: its plan on the toy's sigmas (guidance: the library's defaults but for the pooling ``grid``,
+    the bench's ``--grid`` unless the row says otherwise) and the method running it.
+
+    ``power``: the stop rule's data power (None: the toy's, :func:`lib_chroma.toy.runs.data_power`).
+    ``strength``: start the full-size pass where A1111's hires fix at this denoising strength starts
+    (``img2img_sigmas(...)[0]``) instead of by the stop rule."""
+    p = runs.data_power() if power is None else power
+    sig = runs.toy_sigmas(sampler, steps)
+    start = None
+    if strength is not None:
+        start = float(img2img_sigmas(runs.a1111_label(sampler), "Automatic", steps, strength, runs.toy_schedule())[0])
+    plan = plan_cascade(sig, factor, loss=loss, power=p, chain=chain, sigma_start=start, guidance={"grid": grid})
+
+    def method(s: int, k: int) -> torch.Tensor:
+        assert plan is not None
+        return cascade_runs.run_cascade(model, k, plan, seed + s, handover_mode=handover, upscaler=upscaler,
+                                        sampler=sampler, batch=k)
+
+    return plan, method
+
+
+def cascade_rows(factor: tuple[int, int], variants: bool = False, grid: str = G.DEFAULT_GRID
+                 ) -> dict[str, dict[str, Any]]:
+    """The cascade rows of ``--cascade`` (and ``--cascade-variants``): label -> :func:`cascade_method` keywords.
+
+    Default: the stop rule (q = ``DEFAULT_LOSS``) with the toy's data power and with unit power (the WebUI's), the
+    default handover, bilinear; for factors with several prime levels also the chain. Variants: every handover,
+    the other upscalers, and fixed hires strengths 0.3, 0.5 and 0.7 in place of the rule."""
+    q, h, g = DEFAULT_LOSS, DEFAULT_HANDOVER, f"{grid} grid"
+    rows: dict[str, dict[str, Any]] = {
+        f"cascade (q {q}, data power, {h}, bilinear, {g})": {},
+        f"cascade (q {q}, unit power, {h}, bilinear, {g})": {"power": 1.0},
+    }
+    if len(G.factor_levels(*factor)) > 1:
+        rows[f"cascade chain (q {q}, data power, {h}, bilinear, {g})"] = {"chain": True}
+        rows[f"cascade chain (q {q}, unit power, {h}, bilinear, {g})"] = {"chain": True, "power": 1.0}
+    if variants:
+        for mode in ("fresh", "noisy", "renoise"):
+            if mode != h:
+                rows[f"cascade (q {q}, data power, {mode}, bilinear, {g})"] = {"handover": mode}
+        for up in ("bicubic", "nearest-exact"):
+            rows[f"cascade (q {q}, data power, {h}, {up}, {g})"] = {"upscaler": up}
+        for st in (0.3, 0.5, runs.A1111_HIRES_STRENGTH):
+            rows[f"cascade (start of hires strength {st}, {h}, bilinear, {g})"] = {"strength": st}
+    return {label: {"grid": grid, **kw} for label, kw in rows.items()}
 
 
 class _Progress:
@@ -186,9 +242,11 @@ def _factor_cells(
     model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
     scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
     extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
-    grid: str = G.DEFAULT_GRID,
+    grid: str = G.DEFAULT_GRID, cascades: dict[str, dict[str, Any]] | None = None, skip: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """All cells of one factor (plain first: the reference of the relative cost columns)."""
+    """All cells of one factor (plain first: the reference of the relative cost columns). ``cascades``: cascade
+    rows by label, keyword arguments of :func:`cascade_method`. ``skip``: rows whose label contains one of these
+    texts are not run (never plain, nor the native pass the hires and upscale rows include)."""
     h, w = FACTORS[fname]
     mh, mw = h // 32, w // 32
     m = math.sqrt(mh * mw)
@@ -226,6 +284,12 @@ def _factor_cells(
     for label, plan in plans.items():
         methods[label] = lambda s, k, p=plan: runs.run_kdiff(model, k, h, w, steps, seed + s, plan=p, batch=k,
                                                              sampler=sampler)
+    cascade_plans: dict[str, CascadePlan] = {}
+    for label, kw in (cascades or {}).items():
+        plan, method = cascade_method(model, (mh, mw), steps, seed, sampler, **{"grid": grid, **kw})
+        if plan is not None:
+            cascade_plans[label] = plan
+            methods[label] = method
     if ddim and fname == "2x":
         dplan = runs.make_plan((mh, mw), steps, scale=scale, window="auto", shape=shape, q_end=q_end,
                                operator=operator, grid=grid)
@@ -233,6 +297,8 @@ def _factor_cells(
         guided[ddim_guided] = (dplan, sampler_sigmas("DDIM", "Automatic", steps, runs.toy_schedule()))
         methods["DDIM plain (eps)"] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, batch=k)
         methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
+    methods = {k: v for k, v in methods.items()
+               if k in ("plain", "native pass") or not any(t in k for t in skip)}
     acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)))
     nat = acc.pop("native pass", None)
     rows: list[dict[str, Any]] = []
@@ -240,6 +306,12 @@ def _factor_cells(
         if nat is not None and (label.startswith("hires") or label.startswith("upscale")):
             a.add(nat, nat.wall)  # these include their first pass
         row = _cell(label, a.images(), a, block_grid)
+        if label in cascade_plans:
+            cp = cascade_plans[label]
+            row["expected_pixel_evals"] = round(cp.cost().rel_pixel_evals, 4)
+            row["cascade"] = [{"factor": list(st.factor), "user_steps": list(st.user_steps),
+                               "guided_user_steps": st.guided_user_steps(), "start": round(st.start, 4),
+                               "stop": None if st.stop is None else round(st.stop, 4)} for st in cp.stages]
         if label in guided:
             plan, sig = guided[label]
             calls = len(sig) - 1
@@ -277,6 +349,10 @@ def run_bench(
     baselines: bool = True,
     sampler: str = runs.DEFAULT_SAMPLER,
     grid: str = G.DEFAULT_GRID,
+    cascade: bool = False,
+    cascade_variants: bool = False,
+    extra_cascades: dict[str, dict[str, Any]] | None = None,
+    skip: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run every cell; returns the JSON-serialisable result (see the module docstring)."""
     model = runs.CountingModel(load_model(weights))
@@ -306,9 +382,12 @@ def run_bench(
     res["empirical"] = empirical_chromatography(preds, final, preds_anc, final_anc, steps)
     del preds, preds_anc
     for fname in factors:
+        h, w = FACTORS[fname]
+        rows = cascade_rows((h // 32, w // 32), cascade_variants, grid) if cascade or cascade_variants else {}
+        rows.update(extra_cascades or {})
         res["factors"][fname] = _factor_cells(
             model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
-            extra_plans or {}, baselines, sampler, grid)
+            extra_plans or {}, baselines, sampler, grid, rows, skip)
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -351,6 +430,20 @@ def markdown(res: dict[str, Any]) -> str:
                    f"{e['projection_step'] - e['theory_step_pm']:+d} | {e['band_power']:.3f} | "
                    f"{e['band_step']} ({e['sigma_band']:.2f}) | {e['theory_step_band']} "
                    f"({e['sigma_theory_band']:.2f}) | {e['band_step'] - e['theory_step_band']:+d} |")
+    plans = [(f, r) for f, fv in res["factors"].items() for r in fv["rows"] if "cascade" in r]
+    if plans:
+        out += ["", "Cascade stages (1-based user steps, inclusive; the size of each stage):", "",
+                "| factor | method | stages |", "|---|---|---|"]
+        for f, r in plans:
+            parts = []
+            for st in r["cascade"]:
+                g = st["guided_user_steps"]
+                fh, fw = st["factor"]
+                side = f"{32 * fh}²" if fh == fw else f"{32 * fh}×{32 * fw}"
+                parts.append(f"{side} steps {st['user_steps'][0] + 1}–{st['user_steps'][1] + 1}"
+                             + (f" guided {g[0] + 1}–{g[1] + 1}" if g else "")
+                             + (f" (from sigma {st['start']:.3g})" if st["user_steps"][0] else ""))
+            out.append(f"| {f} | {r['method']} | {' → '.join(parts)} |")
     out.append("")
     out.append(f"Wall time {res['wall_s']:.0f} s, {c['threads']} torch threads.")
     return "\n".join(out)
@@ -368,6 +461,23 @@ def _parse_plan(text: str) -> tuple[str, dict[str, Any]]:
         else:
             kw[k] = float(v) if k in ("q_end", "scale", "power") else v.strip()
     return f"plan {text}", kw
+
+
+def _parse_cascade(text: str) -> tuple[str, dict[str, Any]]:
+    kw: dict[str, Any] = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        k, v = k.strip(), v.strip()
+        if k in ("loss", "power", "strength"):
+            kw[k] = float(v)
+        elif k in ("handover", "upscaler", "grid"):
+            kw[k] = v
+        elif k == "chain":
+            kw[k] = v.lower() in ("1", "true")
+        else:
+            raise ValueError(f"cascade-row: unknown key {k!r} in {text!r}; allowed: loss, power, handover, "
+                             "upscaler, chain, strength, grid")
+    return f"cascade {text}", kw
 
 
 def bench_main(argv: list[str] | None = None) -> int:
@@ -394,6 +504,16 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
                    help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
                         "operator=bilinear,scale=1,grid=fixed or shape=constant,sigma_lo=0.5 (repeatable)")
+    p.add_argument("--cascade", action="store_true",
+                   help="add the chromatographic cascade rows (stop rule with the data's and with unit power; "
+                        "the chain for 4x)")
+    p.add_argument("--cascade-variants", action="store_true",
+                   help="add cascade rows comparing handovers, upscalers and fixed hires strengths")
+    p.add_argument("--cascade-row", action="append", default=[], metavar="K=V,...",
+                   help="extra cascade row: loss=0.2,power=1,handover=fresh,upscaler=bicubic,chain=1,strength=0.5,"
+                        "grid=fixed")
+    p.add_argument("--skip", action="append", default=[], metavar="TEXT",
+                   help="leave out the rows whose label contains TEXT (repeatable; plain always runs)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -413,7 +533,9 @@ def bench_main(argv: list[str] | None = None) -> int:
                     fixed=not args.no_fixed, ddim=not args.no_ddim, weights=args.weights,
                     extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
                                  **dict(_parse_plan(t) for t in args.plan)},
-                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid)
+                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid,
+                    cascade=args.cascade, cascade_variants=args.cascade_variants,
+                    extra_cascades=dict(_parse_cascade(t) for t in args.cascade_row), skip=tuple(args.skip))
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))

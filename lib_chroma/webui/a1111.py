@@ -9,6 +9,20 @@ adapter (:mod:`lib_chroma.webui.generation`, re-exported here). What is A1111's 
   per level on the same rows and conds at ``sigma/m`` and correct ``x_out`` in place (x0 form for
   k-diffusion, eps form through ``guide_eps`` for DDIM/PLMS/UniPC). Any failure: one warning, the rest of the
   generation runs unguided, and the reason goes into the infotext (``RC error``).
+
+The cascade ("Cascade (faster)", :mod:`lib_chroma.webui.cascade_hooks`) is A1111's only:
+
+- ``before_process`` (:func:`on_before_process`, txt2img, cascade on): turn the request into A1111's hires fix
+  as the cascade plans it (first-pass size, hires target, strength, hires steps) before A1111 sets up the hires
+  prompts; the decision travels on ``p`` to ``process`` (:func:`take_cascade`), which writes ``RC note`` when the
+  cascade steps aside.
+- ``process_before_every_sampling``: the first pass's sampler gets the user's sigmas up to the stop sigma and
+  then 0 (its last call's x0 prediction is its output), the hires pass's sampler the second-pass sigmas, and the
+  hires noise becomes the renoise handover's (the first pass's last latent and CFG-combined x0 are kept from its
+  last model call, through ``on_cfg_denoised`` and ``on_cfg_after_cfg``). A cascade that fails after
+  ``before_process`` leaves A1111's hires fix as set up, unguided, with ``RC error``.
+- every model call of an enabled generation is timed and its pixels counted (debug record ``model_seconds``,
+  ``pixel_evals``), guided or not.
 """
 
 from __future__ import annotations
@@ -19,8 +33,11 @@ from typing import Any
 import torch
 from modules import script_callbacks, shared
 
-from lib_chroma.guidance import guide_eps, guide_x0
+from lib_chroma import settings as S
+from lib_chroma.guidance import GuidancePlan, guide_eps, guide_x0
 from lib_chroma.schedule import DiscreteSchedule
+from lib_chroma.webui import cascade_hooks as CH
+from lib_chroma.webui import cascade_setup as CS
 from lib_chroma.webui import generation as G
 from lib_chroma.webui.generation import (
     DEBUG_LOG_ENV,
@@ -48,17 +65,121 @@ from lib_chroma.webui.lowres import (
 )
 
 HOST = "a1111"
+#: Attribute of ``p`` carrying the cascade decision from ``before_process`` to ``process`` (per request).
+CASCADE_ATTR = "_rc_cascade_setup"
 
 
 def on_process(p: Any, args: tuple) -> None:
     """``Script.process`` in A1111 (see :func:`lib_chroma.webui.generation.on_process`)."""
     G.on_process(p, args, host=HOST)
+    take_cascade(p)
 
 
-def on_before_sampling(p: Any, x: torch.Tensor) -> None:
+def _settings_for(p: Any, args: tuple) -> S.RCSettings | None:
+    """The enabled settings of this request (args and X/Y/Z overrides), or None (disabled or invalid: ``process``
+    reports invalid ones)."""
+    overrides = G._overrides(p)
+    if overrides and "enabled" not in overrides:
+        overrides["enabled"] = True
+    if not args and not overrides:
+        return None
+    try:
+        family = G.model_family(getattr(p, "sd_model", None) or shared.sd_model)
+        s = S.from_args(args, family=family, default_preset=G._default_preset())
+        if overrides:
+            s = s.with_(**overrides)
+    except Exception:  # noqa: BLE001
+        return None
+    return s if s.enabled else None
+
+
+def on_before_process(p: Any, args: tuple) -> None:
+    """``Script.before_process`` (both hosts): with the cascade on, make the txt2img request A1111's hires fix as
+    the cascade plans it, before A1111 prepares the hires prompts. Never raises; a cascade that cannot run leaves
+    ``p`` alone and :func:`take_cascade` writes why."""
+    try:
+        if hasattr(p, CASCADE_ATTR):
+            delattr(p, CASCADE_ATTR)
+        s = _settings_for(p, args)
+        if s is None or not s.cascade:
+            return
+        model = getattr(p, "sd_model", None) or shared.sd_model
+        family = G.model_family(model)
+        if G.is_forge(model):
+            decision: Any = CS.FORGE_NOTE
+        elif family is None:
+            decision = "the loaded model is not SD1.x, SD2.x or SDXL"
+        else:
+            decision = CH.apply_cascade(p, s, family, bool(G.opt("use_old_hires_fix_width_height", False)))
+        setattr(p, CASCADE_ATTR, decision)
+    except Exception as e:  # noqa: BLE001 - never break the request
+        setattr(p, CASCADE_ATTR, f"cannot plan the cascade ({type(e).__name__}: {e})")
+
+
+def take_cascade(p: Any) -> None:
+    """After ``process``: the generation runs the cascade ``before_process`` set up, or the infotext and the
+    console say why it stepped aside (``RC note``)."""
+    st = current()
+    if st is None or st.p is not p or not st.settings.cascade:
+        return
+    decision = getattr(p, CASCADE_ATTR, None)
+    if isinstance(decision, CS.CascadeSetup):
+        st.cascade = decision
+        return
+    note = decision or "the cascade needs txt2img"
+    G.log.warning("Resolution Chromatography: cascade not applied: %s", note)
+    p.extra_generation_params["RC note"] = f"cascade not applied: {note}"
+
+
+def on_before_sampling(p: Any, x: torch.Tensor, noise: torch.Tensor | None = None) -> None:
     """``Script.process_before_every_sampling``: the plan for the pass that starts now; the CFG callbacks apply
-    it."""
-    G.plan_pass(p, x)
+    it. With the cascade, :func:`_cascade_pass` instead (``noise``: the hires pass's noise tensor, which the
+    renoise handover rewrites in place)."""
+    st = current()
+    if st is None or st.p is not p or st.cascade is None:
+        G.plan_pass(p, x)
+        return
+    hires = bool(getattr(p, "is_hr_pass", False))
+    G._check_previous_pass(st, hires)
+    st.current = None
+    st.pending = None
+    try:
+        _cascade_pass(st, p, x, hires, noise)
+    except Exception as e:  # noqa: BLE001 - never raise into the sampler
+        G.fail(st, f"cascade pass not set up ({type(e).__name__}: {e})")
+
+
+def _cascade_pass(st: Generation, p: Any, x: torch.Tensor, hires: bool, noise: torch.Tensor | None) -> None:
+    """The cascade's pass: give its sampler the planned sigmas, plan the second pass's guidance, and record both
+    passes in the debug record."""
+    setup = st.cascade
+    sampler = CH.sigma_sampler(p)
+    lh, lw = int(x.shape[-2]), int(x.shape[-1])
+    if st.failed:  # a failure earlier in this generation: the sampler keeps A1111's own sigmas
+        return
+    handed = None
+    if not hires:
+        st.cascade = setup = CH.first_pass(p, sampler, setup, st.settings, st.family)
+        stage = setup.plan.stages[0]
+        st.handover = None
+        plan = GuidancePlan(())  # the native pass is not guided; its calls are recorded
+    else:
+        stage = setup.plan.stages[1]
+        CH.hires_pass(p, sampler, stage, lambda why: G.fail(st, why))
+        plan = stage.plan if stage.plan is not None else GuidancePlan(())
+        handed = CH.handover_noise(st.handover, noise, stage.start, setup.plan.stages[0].stop, setup.factor)
+        st.handover = None
+    factor = setup.factor if hires else (1, 1)
+    st.current = PassPlan(hires, plan, factor, (lh, lw), [float(v) for v in stage.sigmas])
+    if hires:
+        g = stage.guided_user_steps()
+        p.extra_generation_params["RC guided steps"] = (
+            "none" if g is None else f"{g[0] + 1}-{g[1] + 1}/{setup.steps}"
+        )
+    if st.debug is not None:
+        if not hires:
+            st.debug["cascade"] = CH.debug_plan(setup)
+        st.debug["passes"].append(CH.debug_pass(stage, plan, factor, (lh, lw), handed))
 
 
 def _is_timestep_denoiser(denoiser: Any) -> bool:
@@ -74,16 +195,49 @@ def _is_timestep_denoiser(denoiser: Any) -> bool:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def on_cfg_denoiser_a1111(params: Any) -> None:
+    """The shared ``on_cfg_denoiser``, then (A1111) start the model call's clock: every model call of an enabled
+    generation is timed, guided or not."""
+    on_cfg_denoiser(params)
+    st = current()
+    den = getattr(params, "denoiser", None)
+    if st is not None and st.host == HOST and den is not None and getattr(den, "p", None) is st.p:
+        st.call_started = time.perf_counter()
+
+
 def on_cfg_denoised(params: Any) -> None:
     """Correct ``params.x`` (the rows of ``x_out``) in place with upsample guidance."""
     st = current()
-    if st is None or st.host != HOST or st.current is None or st.pending is None:
+    if st is None or st.host != HOST:
+        return
+    if st.call_started is not None:
+        st.model_seconds += time.perf_counter() - st.call_started
+        st.call_started = None
+        xs = params.x
+        st.pixel_evals += int(xs.shape[0]) * int(xs.shape[-2]) * int(xs.shape[-1])
+    if st.current is None or st.pending is None:
         return
     rec, st.pending = st.pending, None
+    if st.cascade is not None and not st.current.hires:
+        # every native-pass call, the last one (at sigma_k) kept: its latent (one uncond row per image) and,
+        # after CFG, its x0
+        b = cond_len(rec.text_uncond)
+        st.handover = {"x_k": rec.x[-b:].detach().clone(), "x0": None, "sigma": float(rec.sigma[-1])}
     try:
         _guide(st, rec, params)
     except Exception as e:  # noqa: BLE001 - never raise into the sampler
         G.fail(st, f"low-resolution call failed ({type(e).__name__}: {e})")
+
+
+def on_cfg_after_cfg(params: Any) -> None:
+    """Keep the CFG-combined x0 prediction of the cascade's native-pass call (it follows that call's
+    ``on_cfg_denoised`` directly): the renoise handover needs it beside the latent."""
+    st = current()
+    if st is None or st.handover is None or st.handover["x0"] is not None:
+        return
+    x = getattr(params, "x", None)
+    if isinstance(x, torch.Tensor) and x.shape == st.handover["x_k"].shape:
+        st.handover["x0"] = x.detach().clone()
 
 
 def _make_cond_fn(text_example: Any) -> Any:
@@ -169,6 +323,7 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     else:
         guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan, phase)
     G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0)
+    st.pixel_evals += sum(int(sh[0]) * int(sh[-2]) * int(sh[-1]) for sh in call.shapes)
     if pp.record is not None:
         pp.record["skipped_uncond"] = skipped
     x_out[:rows] = guided.to(x_out.dtype)
@@ -240,8 +395,10 @@ def _vector_fn() -> Any:
 def register_callbacks() -> None:
     """Register the CFG callbacks. Call once per load of the script file (A1111 clears all callbacks before it
     re-imports scripts, so this must not be guarded by module state)."""
-    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="resolution_chromatography_denoiser")
+    script_callbacks.on_cfg_denoiser(on_cfg_denoiser_a1111, name="resolution_chromatography_denoiser")
     script_callbacks.on_cfg_denoised(on_cfg_denoised, name="resolution_chromatography_denoised")
+    if hasattr(script_callbacks, "on_cfg_after_cfg"):
+        script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg, name="resolution_chromatography_after_cfg")
     if hasattr(script_callbacks, "on_script_unloaded"):
         script_callbacks.on_script_unloaded(reset, name="resolution_chromatography_unload")
 
@@ -254,6 +411,8 @@ __all__ = [
     "model_family",
     "model_schedule_of",
     "on_process",
+    "on_before_process",
+    "take_cascade",
     "on_before_sampling",
     "on_process_batch",
     "on_postprocess",

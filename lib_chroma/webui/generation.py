@@ -105,6 +105,11 @@ class Generation:
     low_seconds: float = 0.0
     last_cond_key: Any = None
     undo: list[Callable[[], None]] = field(default_factory=list)
+    cascade: Any = None  # the cascade this generation runs (lib_chroma.webui.cascade_setup.CascadeSetup), A1111
+    handover: dict | None = None  # the cascade's first pass, last call: its latent x_k and CFG-combined x0
+    model_seconds: float = 0.0  # main model calls (cond and uncond), low-res calls excluded (A1111)
+    pixel_evals: int = 0  # rows · height · width over every model call, low-res ones included (A1111)
+    call_started: float | None = None
 
 
 _STATE: Generation | None = None
@@ -562,6 +567,8 @@ def on_postprocess(p: Any) -> None:
             "model_calls": st.model_calls,
             "low_calls": st.low_calls,
             "low_seconds": round(st.low_seconds, 6),
+            "model_seconds": round(st.model_seconds, 6),
+            "pixel_evals": st.pixel_evals,
         }
         text = json.dumps(rec, default=float)
         p.extra_generation_params["RC debug"] = text

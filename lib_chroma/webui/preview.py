@@ -12,8 +12,9 @@ from typing import Any
 from lib_chroma import settings as S
 from lib_chroma.chromatography import hires_strength
 from lib_chroma.curves import curves_report
-from lib_chroma.guidance import auto_factor
+from lib_chroma.guidance import GuidancePlan, auto_factor
 from lib_chroma.schedule import MODEL_FAMILIES, model_schedule
+from lib_chroma.webui.cascade_setup import FORGE_NOTE, guidance_cost, guidance_kwargs, hires_target, setup_cascade
 from lib_chroma.webui.svgplot import curves_svg
 
 
@@ -26,11 +27,18 @@ def preview(
     height: float,
     *,
     family: str = "sd1",
+    hires: tuple[float, int, int] | None = None,
+    forge: bool = False,
 ) -> tuple[str, str, str]:
     """(header readout, curve SVG, switch info) for the current controls.
 
-    Readout: ``{W/m_w}×{H/m_h} → {W}×{H} (×m_w, ×m_h) · guided steps a–b of N`` (1-based, inclusive), prefixed
-    ``off ·`` while disabled. Invalid values give a ``⚠ field: …`` message instead of raising."""
+    Readout: ``{W/m_w}×{H/m_h} → {W}×{H} (×m_w, ×m_h) · guided steps a–b of N · ≈c× plain {W}×{H}'s model
+    time`` (1-based, inclusive steps; ``c`` the expected pixel-evaluations of the guided pass over the unguided
+    one). With the cascade on (txt2img): its plan (:meth:`CascadeSetup.readout`) to the output size, which is the
+    hires-fix target when ``hires`` = (upscale by, resize width, resize height) is given (Hires. fix ticked), or
+    the guided readout followed by why the cascade steps aside (always with ``forge``: Forge's host, where it
+    does not run). Prefixed ``off ·`` while disabled. Invalid values give a ``⚠ field: …`` message instead of
+    raising."""
     try:
         s = S.RCSettings(**{k: v for k, v in values.items() if k in S.FIELD_BY_NAME})
         native = int(MODEL_FAMILIES[family]["native"])
@@ -64,6 +72,17 @@ def preview(
         else (f"guided steps {win['first_step'] + 1}–{win['last_step'] + 1} of {n}")
     )
     readout = f"{lo_w}×{lo_h} → {w}×{h} (×{fw}, ×{fh}) · {guided}"
+    try:
+        plan = GuidancePlan.build((fh, fw), **guidance_kwargs(s), sigmas=rep["sigmas"])
+        cost = guidance_cost(rep["sigmas"], plan, sampler or "Euler")
+        readout += f" · ≈{cost:.2f}× plain model time"
+    except ValueError:
+        pass
+    if s.cascade:
+        tw, th = (w, h) if hires is None else hires_target(w, h, *hires)
+        setup = FORGE_NOTE if forge else setup_cascade(s, family, sampler or "Euler", scheduler or "Automatic", n,
+                                                        tw, th)
+        readout = setup.readout() if not isinstance(setup, str) else f"{readout} · no cascade: {setup}"
     if not s.enabled:
         readout = "off · " + readout
     sw = rep["switch"]

@@ -10,6 +10,8 @@ without registering anything global.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import Any
 
 import gradio as gr
@@ -20,7 +22,10 @@ from lib_chroma.schedule import MODEL_FAMILIES
 from lib_chroma.webui.preview import preview, suggested_strength
 
 #: WebUI component elem_ids (per tab prefix) the preview listens to.
-HOST_IDS = ("sampling", "scheduler", "steps", "width", "height", "denoising_strength", "hr_scale")
+HOST_IDS = ("sampling", "scheduler", "steps", "width", "height", "denoising_strength", "hr_scale", "hr-checkbox",
+            "hr_resize_x", "hr_resize_y")
+#: Optional host components the preview reads when they exist (the hires-fix target, for the cascade).
+_PREVIEW_EXTRA = ("hr_scale", "hr-checkbox", "hr_resize_x", "hr_resize_y")
 
 #: Host components by tab, our first build per tab, and the tabs whose preview events are wired. Reset by the
 #: script file at every (re)load, since "Reload UI" builds new components.
@@ -64,18 +69,24 @@ def _try_wire(tab: str) -> None:
     _wired.add(tab)
     inputs, outputs, apply_strength = _built[tab]
     host_inputs = [host[k] for k in _PREVIEW_HOST]
-    upscale = host.get("hr_scale")
-    extra = [upscale] if upscale is not None else []
+    extra_names = [k for k in _PREVIEW_EXTRA if host.get(k) is not None]
+    extra = [host[k] for k in extra_names]
 
     def update(*vals: Any) -> tuple[Any, ...]:
         n = len(S.FIELD_NAMES)
         values = dict(zip(S.FIELD_NAMES, vals[:n]))
         sampler, scheduler, steps, w, h = vals[n : n + 5]
+        ex = dict(zip(extra_names, vals[n + 5 :]))
+        hires = None
+        if ex.get("hr-checkbox"):
+            hires = (float(ex.get("hr_scale") or 1.0), int(ex.get("hr_resize_x") or 0),
+                     int(ex.get("hr_resize_y") or 0))
         fam = _family()
-        readout, svg, info = preview(values, sampler, scheduler, steps, w, h, family=fam)
+        readout, svg, info = preview(values, sampler, scheduler, steps, w, h, family=fam, hires=hires,
+                                     forge=_forge())
         try:
-            if extra:
-                m = float(vals[n + 5])
+            if "hr_scale" in ex:
+                m = float(ex["hr_scale"])
             else:
                 native = int(MODEL_FAMILIES[fam]["native"])
                 m = max(
@@ -106,6 +117,16 @@ def _family() -> str:
         return (model_family(model) or "sd1") if model is not None else "sd1"
     except Exception:  # noqa: BLE001
         return "sd1"
+
+
+@functools.cache
+def _forge() -> bool:
+    """Whether the host is Forge (its ``modules_forge`` package exists), where the cascade steps aside; looked up
+    once per process."""
+    try:
+        return importlib.util.find_spec("modules_forge") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _initial() -> dict[str, Any]:
@@ -158,6 +179,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
             )
             apply_preset = gr.Button("Apply preset", elem_id=script.elem_id("apply_preset"), size="sm")
             reset = gr.Button("Reset to defaults", elem_id=script.elem_id("reset"), size="sm")
+        comps["cascade"] = _component(S.FIELD_BY_NAME["cascade"], script.elem_id("cascade"), init["cascade"])
         with gr.Tab("Upsample guidance"):
             for name in (
                 "scale",
@@ -198,7 +220,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
                 )
         plot = gr.HTML(value="", elem_id=script.elem_id("curves"), elem_classes=["rc-curves-box"])
 
-    r0, svg0, info0 = preview(init, "Euler", "Automatic", 20, 512, 512, family=_family())
+    r0, svg0, info0 = preview(init, "Euler", "Automatic", 20, 512, 512, family=_family(), forge=_forge())
     readout.value, plot.value, switch_info.value = r0, svg0, info0
     strength.value = suggested_strength("Euler", "Automatic", 20, 2, family=_family())
     inputs = [comps[n] for n in S.FIELD_NAMES]
@@ -221,7 +243,7 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     script.infotext_fields = [(enabled, _paste_enabled)] + [
         (comps[n], (lambda d, n=n: S.infotext_value(n, d))) for n in S.FIELD_NAMES[1:]
     ]
-    script.paste_field_names = list(dict.fromkeys(k for k in S.INFOTEXT_KEYS[:-3]))
+    script.paste_field_names = [k for k in S.INFOTEXT_KEYS if k not in S.INFOTEXT_INFO_KEYS]
     return inputs
 
 

@@ -7,7 +7,8 @@
 :class:`FakeCFGDenoiser` follows the documented behaviour of A1111 v1.10's ``CFGDenoiser.forward`` (see
 ``shared/reference/a1111-extension-api.md`` §4): cond rows (one per ``AND`` part) then uncond rows, the
 ``on_cfg_denoiser`` callback with read-back fields, optional skipped uncond (fake uncond copies), separate
-calls when token lengths differ, the ``on_cfg_denoised`` callback on ``x_out`` and the CFG combination.
+calls when token lengths differ, the ``on_cfg_denoised`` callback on ``x_out``, the CFG combination and the
+``on_cfg_after_cfg`` callback on it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class CFGDenoisedParams:
             total_sampling_steps,
             inner_model,
         )
+
+
+class AfterCFGCallbackParams:
+    def __init__(self, x, sampling_step, total_sampling_steps):
+        self.x, self.sampling_step, self.total_sampling_steps = x, sampling_step, total_sampling_steps
 
 
 class FakeCFGDenoiser:
@@ -138,6 +144,9 @@ class FakeCFGDenoiser:
             for _ in range(r):
                 den[i] += (x_out[idx] - u[i]) * scale / r
                 idx += 1
+        after = AfterCFGCallbackParams(den, 0, 0)
+        sc.cfg_after_cfg_callback(after)
+        den = after.x
         self.step += 1
         _ = shared
         return den
@@ -157,11 +166,12 @@ def _register(name, cb, category):
 
 def _make_script_callbacks() -> types.ModuleType:
     m = types.ModuleType("modules.script_callbacks")
-    m.callback_map = {"cfg_denoiser": [], "cfg_denoised": [], "script_unloaded": []}
+    m.callback_map = {"cfg_denoiser": [], "cfg_denoised": [], "cfg_after_cfg": [], "script_unloaded": []}
     m.CFGDenoiserParams = CFGDenoiserParams
     m.CFGDenoisedParams = CFGDenoisedParams
     m.on_cfg_denoiser = lambda cb, name=None: _register(name, cb, "cfg_denoiser")
     m.on_cfg_denoised = lambda cb, name=None: _register(name, cb, "cfg_denoised")
+    m.on_cfg_after_cfg = lambda cb, name=None: _register(name, cb, "cfg_after_cfg")
     m.on_script_unloaded = lambda cb, name=None: _register(name, cb, "script_unloaded")
 
     def run(category, params):
@@ -174,6 +184,7 @@ def _make_script_callbacks() -> types.ModuleType:
     m.errors = []
     m.cfg_denoiser_callback = lambda prm: run("cfg_denoiser", prm)
     m.cfg_denoised_callback = lambda prm: run("cfg_denoised", prm)
+    m.cfg_after_cfg_callback = lambda prm: run("cfg_after_cfg", prm)
     m.clear = lambda: [v.clear() for v in m.callback_map.values()]
     return m
 

@@ -43,9 +43,11 @@ from playwright.sync_api import Browser, expect  # noqa: E402
 from tests.webui.browser import VIEWPORT, UIPage, chromium, nonwhite_fraction  # noqa: E402
 
 TITLE = kit.EXTENSION_TITLE
-# Readout: "<low w>×<low h> → <w>×<h> (×<fw>, ×<fh>) · guided steps a–b of n" (or "no guided steps"),
-# prefixed "off · " while the extension is disabled.
-READOUT = re.compile(r"^(off · )?(\d+)×(\d+) → (\d+)×(\d+) \(×(\d+), ×(\d+)\) · (.+)$")
+# Readout: "<low w>×<low h> → <w>×<h> (×<fw>, ×<fh>) · guided steps a–b of n" (or "no guided steps"), then
+# " · ≈c× plain model time", prefixed "off · " while the extension is disabled.
+READOUT = re.compile(
+    r"^(off · )?(\d+)×(\d+) → (\d+)×(\d+) \(×(\d+), ×(\d+)\) · (.+?) · ≈\d+\.\d\d× plain model time$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +177,33 @@ def test_header_readout_follows_size_fields_and_enable(ui: UIPage) -> None:
     assert factor == (4, 2) and low == (256, 384), text
     ui.expect_readout_in_header(text)
     ui.shot("readout-1024x768-x4", ui.header)
+
+    ui.set_field("factor_w", 0)
+    text = ui.wait_readout_change(text)
+    ui.set_field("cascade", True)
+    text = ui.wait_readout_change(text)
+    if kit.is_forge():  # the cascade steps aside in Forge, and the readout says so
+        assert text.endswith(" · no cascade: the cascade runs in A1111 (Forge samples its passes differently)"), text
+        assert re.search(r"guided steps \d+–\d+ of 20", text), text
+    else:
+        assert re.fullmatch(r"native 512×384 steps 1–\d+, then 1024×768 steps \d+–20 guided \d+–\d+ · "
+                            r"≈0\.\d\d× plain model time", text), text
+    ui.expect_readout_in_header(text)
+    ui.shot("readout-cascade", ui.header)
+    if not kit.is_forge():
+        # with Hires. fix ticked, the output size is its target: 512×384 upscaled by 2
+        ui.set_slider("txt2img_width", 512)
+        text = ui.wait_readout_change(text)
+        ui.set_slider("txt2img_height", 384)
+        text = ui.wait_readout_change(text)
+        assert "no cascade: 512×384 is within the model's native size" in text, text
+        ui.page.locator("#txt2img_hr-visible-checkbox").check()
+        text = ui.wait_readout_change(text)
+        assert text.startswith("native 512×384 steps 1–") and ", then 1024×768 steps " in text, text
+        ui.page.locator("#txt2img_hr-visible-checkbox").uncheck()
+        text = ui.wait_readout_change(text)
+    ui.set_field("cascade", False)
+    text = ui.wait_readout_change(text)
 
     ui.enabled_box.uncheck()
     text = ui.wait_readout_change(text)
