@@ -519,9 +519,10 @@ def test_moving_grid_phase_counts_model_calls_per_pass_and_generation(web, tmp_p
     assert a.current().current.hires and a.current().current.calls == 0
 
 
-def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web):
+def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web, tmp_path, monkeypatch):
     from lib_chroma.guidance import pool
 
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
     inner = Inner()
     ic = torch.randn(1, 5, 16, 16)
     run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2, "grid": "moving"}], inner,
@@ -531,6 +532,8 @@ def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web):
     for phase, call in enumerate(low):
         expected = pool(ic, 2, 2, (phase, phase))  # offsets (0, 0) then (1, 1)
         torch.testing.assert_close(call[2]["c_concat"][0], torch.cat([expected, expected]))
+    record = json.loads((tmp_path / "rc.jsonl").read_text().splitlines()[-1])
+    assert [c["low_image_cond"] for c in record["calls"]] == [[[2, 5, 8, 8]]] * 2
 
 
 def test_guidance_that_never_ran_is_reported_not_claimed(web):

@@ -173,7 +173,7 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         )
     else:
         guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan, phase)
-    G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0)
+    G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0, call.image_shapes)
     if pp.record is not None:
         pp.record["skipped_uncond"] = skipped
         if hints is not None:

@@ -142,6 +142,8 @@ class LowResCall:
         self.latent_factor = latent_factor
         self.calls = 0
         self.shapes: list[tuple[int, ...]] = []
+        #: Per call, the shape of the spatial image conditioning it got (None: not spatial, passed unchanged).
+        self.image_shapes: list[tuple[int, ...] | None] = []
         self._image_by_size: dict[tuple[int, int], Any] = {}
         spatial = (
             isinstance(image_cond, torch.Tensor)
@@ -195,4 +197,5 @@ class LowResCall:
                 c = cond_rows(text, a - start, b - start)
                 self.calls += 1
                 self.shapes.append(tuple(x_low[a:b].shape))
+                self.image_shapes.append(tuple(img.shape) if self._spatial else None)
                 out[a:b] = self.inner(x_low[a:b], sigma_low[a:b], cond=self.make_cond(c, img))
