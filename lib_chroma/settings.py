@@ -39,6 +39,8 @@ __all__ = [
     "FIELDS",
     "FIELD_NAMES",
     "FIELD_BY_NAME",
+    "GROUPS",
+    "fields_in",
     "RCSettings",
     "PRESETS",
     "PRESET_CHOICES",
@@ -62,6 +64,10 @@ TITLE = "Resolution Chromatography"
 INFOTEXT_MARKER = "RC scale"
 
 
+#: Accordion groups (see :attr:`FieldSpec.group`), in display order.
+GROUPS: tuple[str, ...] = ("basic", "advanced", "prompts")
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One user-visible field.
@@ -69,7 +75,9 @@ class FieldSpec:
     ``kind``: ``bool``, ``int``, ``float``, ``choice`` or ``str``. ``minimum``/``maximum`` bound numbers
     (inclusive); ``choices`` lists the allowed values of a ``choice``; ``step`` is the UI slider step.
     ``infotext`` is the key the field is written under (shared keys are encoded together, see
-    :meth:`RCSettings.to_infotext`)."""
+    :meth:`RCSettings.to_infotext`). ``group`` places the field in the accordion: ``basic`` (the first-time view),
+    ``advanced`` (the "Advanced" fold; where a new field lands unless it says otherwise) or ``prompts`` (the
+    "Time-dependent prompts" fold)."""
 
     name: str
     kind: str
@@ -82,6 +90,11 @@ class FieldSpec:
     step: float | None = None
     choices: tuple[str, ...] = ()
     max_length: int = 4000
+    group: str = "advanced"
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"{self.name}: group must be one of {', '.join(GROUPS)}, got {self.group!r}")
 
     def describe_range(self) -> str:
         """Human-readable allowed values, used in error messages."""
@@ -113,6 +126,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         TITLE,
         None,
         "Turn the extension on. Off means no extra work at all and bit-identical images.",
+        group="basic",
     ),
     FieldSpec(
         "preset",
@@ -133,6 +147,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.0,
         3.0,
         0.05,
+        group="basic",
     ),
     FieldSpec(
         "factor_h",
@@ -144,6 +159,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0,
         8,
         1,
+        group="basic",
     ),
     FieldSpec(
         "factor_w",
@@ -155,6 +171,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0,
         8,
         1,
+        group="basic",
     ),
     FieldSpec(
         "window",
@@ -266,6 +283,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "off; fields (layout and detail prompts below; empty = the main prompt); marker (the main prompt "
         "'layout MARKER detail': the layout part alone first, then the whole prompt).",
         choices=PROMPT_MODE_CHOICES,
+        group="prompts",
     ),
     FieldSpec(
         "layout_prompt",
@@ -274,6 +292,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Layout prompt",
         "RC layout",
         "Prompt while the coarse levels are generated (mode 'fields'; empty = main prompt).",
+        group="prompts",
     ),
     FieldSpec(
         "detail_prompt",
@@ -282,6 +301,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Detail prompt",
         "RC detail",
         "Prompt once the switch level is generated (mode 'fields'; empty = main prompt).",
+        group="prompts",
     ),
     FieldSpec(
         "marker",
@@ -291,6 +311,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "RC marker",
         "The marker that splits the main prompt in mode 'marker'.",
         max_length=32,
+        group="prompts",
     ),
     FieldSpec(
         "switch_level",
@@ -302,6 +323,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         1,
         64,
         1,
+        group="prompts",
     ),
     FieldSpec(
         "switch_q",
@@ -313,6 +335,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.05,
         0.95,
         0.05,
+        group="prompts",
     ),
     FieldSpec(
         "grid",
@@ -356,6 +379,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Model family (``lib_chroma.schedule.MODEL_FAMILIES`` key) to preset name.
 FAMILY_PRESET: dict[str, str] = {"sd1": "SD1.5", "sd2": "SD2.x", "sd2-v": "SD2.x", "sdxl": "SDXL"}
+
+
+def fields_in(group: str) -> tuple[str, ...]:
+    """The names of the fields of one accordion group, in :data:`FIELDS` order."""
+    if group not in GROUPS:
+        raise ValueError(f"group: must be one of {', '.join(GROUPS)}, got {group!r}")
+    return tuple(f.name for f in FIELDS if f.group == group)
 
 
 def preset_values(preset: str, family: str | None = None) -> dict[str, Any]:

@@ -197,3 +197,21 @@ def test_grid_field_round_trips_and_old_infotext_pastes_as_fixed():
     with pytest.raises(ValueError, match="^grid: must be one of 'fixed', 'moving'"):
         S.from_dict({"grid": "wobbly"})
     assert S.FIELD_NAMES[-1] == "grid"  # appended: older positional API calls keep their meaning
+
+
+def test_accordion_groups():
+    """The first-time view holds enable, scale and the factors; every other field sits in a fold, and a field
+    that names no group lands in the "Advanced" fold."""
+    assert S.fields_in("basic") == ("enabled", "scale", "factor_h", "factor_w")
+    assert set(S.fields_in("prompts")) == {
+        "prompt_mode", "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q"
+    }
+    assert {"preset", "window", "shape", "q_end", "operator", "nested", "passes", "grid"} <= set(
+        S.fields_in("advanced")
+    )
+    assert sorted(n for g in S.GROUPS for n in S.fields_in(g)) == sorted(S.FIELD_NAMES)
+    assert S.FieldSpec("x", "bool", False, "X", None, "").group == "advanced"
+    with pytest.raises(ValueError, match="group"):
+        S.fields_in("extra")
+    with pytest.raises(ValueError, match="x: group"):
+        S.FieldSpec("x", "bool", False, "X", None, "", group="extra")
