@@ -41,6 +41,9 @@ _captured: dict[str, dict[str, Any]] = {"txt2img": {}, "img2img": {}}
 _built: dict[str, tuple[list[Any], list[Any], Any, Any]] = {}
 _wired: set[str] = set()
 _PREVIEW_HOST = ("sampling", "scheduler", "steps", "width", "height")
+#: The event argument of a browser-side function: ``_js`` in gradio 3.41 (A1111), ``js`` in gradio 4 (Forge, which
+#: translates ``_js`` only for some events, not for a component's ``change``).
+_JS_KW = "_js" if int(str(getattr(gr, "__version__", "3")).split(".")[0]) < 4 else "js"
 #: Preview updates computed by this process (each readout carries its number: ``data-serial``).
 _serial = itertools.count(1)
 
@@ -68,10 +71,9 @@ def _listen(component: Any, tab: str, enable: bool = False) -> None:
     """On change, tell the browser side that the preview is out of date (no server round trip: it coalesces
     bursts and skips a closed accordion, see the module docstring; ``release`` would miss values typed into a
     slider's number box). ``enable``: the enable checkbox, which the browser shows at once in the header's "off ·"
-    prefix, so closing (and unticking) the accordion does not make its preview stale. Both gradio 3.41 and Forge's
-    gradio 4 (which renames it) take ``_js`` with ``fn=None``."""
+    prefix, so closing (and unticking) the accordion does not make its preview stale."""
     js = f"() => {{ rcPreviewChanged('{tab}', {'true' if enable else 'false'}); return []; }}"
-    component.change(None, None, None, _js=js, show_progress=False)
+    component.change(None, None, None, show_progress=False, **{_JS_KW: js})
 
 
 def readout_html(text: str, serial: int) -> str:

@@ -253,7 +253,8 @@ class UIPage:
             radio.check()
             return
         box.locator("input").first.click()
-        box.locator(f"ul.options li[data-value='{value}']").click()
+        # gradio 3.41 marks an option with data-value, gradio 4 (Forge) with aria-label
+        box.locator(f"ul.options li[data-value='{value}'], ul.options li[aria-label='{value}']").first.click()
         expect(box.locator("input").first).to_have_value(value, timeout=UPDATE_MS)
 
     def choice_value(self, elem_id: str) -> str | None:

@@ -278,7 +278,7 @@ def test_first_time_view_and_advanced_fold(ui: UIPage) -> None:
     expect(note).to_contain_text("×2 (height), ×2 (width) for 1024×1024", timeout=20_000)
     expect(ui.readout_box).to_contain_text("guided steps 1–", timeout=20_000)
     ui.wait_idle()
-    ui.shot("first-time-view-1024", ui.accordion)  # the README's picture (docs/accordion.png)
+    ui.shot("first-time-view-1024", ui.accordion)
     ui.set_field("factor_h", 3)
     expect(note).to_contain_text("×3 (height, manual), ×2 (width, automatic)", timeout=20_000)
 
