@@ -57,6 +57,7 @@ __all__ = [
     "auto_factor",
     "factor_levels",
     "pool",
+    "pool_image",
     "unpool",
     "guide_x0",
     "guide_eps",
@@ -191,6 +192,38 @@ def pool(x: torch.Tensor, m_h: int, m_w: int, offset: tuple[int, int] = (0, 0)) 
     if top or bottom or left or right:
         x = F.pad(x, (left, right, top, bottom), mode="replicate")
     return F.avg_pool2d(x[..., :n_h * m_h, :n_w * m_w], (m_h, m_w), (m_h, m_w))
+
+
+def pool_image(
+    img: torch.Tensor,
+    m_h: int,
+    m_w: int,
+    latent: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+    scale: int = 8,
+) -> torch.Tensor:
+    """``D`` for an image that lies over a latent: (B, C, scale·H, scale·W) pixels over an (H, W) ``latent``
+    (a ControlNet hint over the SD latent: ``scale`` = 8), average-pooled on the latent's grid.
+
+    Each latent block of :func:`pool` (same ``offset``) covers ``scale·m_h × scale·m_w`` image pixels; the result
+    has ``scale`` pixels per pooled latent pixel, each the mean of an ``m_h × m_w`` pixel patch, i.e. the image
+    at the low-resolution size ``scale·ceil(H/m_h) × scale·ceil(W/m_w)``, aligned with ``pool(latent)``: the mean
+    of each ``scale × scale`` cell of the result is the mean of the image over the pooled latent pixel's block.
+    Replicated pixel rows and columns complete the blocks at the borders, as in :func:`pool`."""
+    if img.dim() != 4:
+        raise ValueError(f"img: must be (B, C, H, W), got shape {tuple(img.shape)}")
+    H, W = int(latent[0]), int(latent[1])
+    if tuple(img.shape[-2:]) != (scale * H, scale * W):
+        raise ValueError(f"img: must be {scale}x the latent ({H}, {W}), got shape {tuple(img.shape)}")
+    if m_h == 1 and m_w == 1:
+        return img
+    o_h, o_w = _check_offset(offset, m_h, m_w)
+    top, bottom, n_h = _span(H, m_h, o_h)
+    left, right, n_w = _span(W, m_w, o_w)
+    if top or bottom or left or right:
+        pads = (scale * left, scale * right, scale * top, scale * bottom)
+        img = F.pad(img, pads, mode="replicate")
+    return F.avg_pool2d(img[..., : scale * n_h * m_h, : scale * n_w * m_w], (m_h, m_w), (m_h, m_w))
 
 
 def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator: str = "nearest",

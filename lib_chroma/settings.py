@@ -39,6 +39,8 @@ __all__ = [
     "FIELDS",
     "FIELD_NAMES",
     "FIELD_BY_NAME",
+    "GROUPS",
+    "fields_in",
     "RCSettings",
     "PRESETS",
     "PRESET_CHOICES",
@@ -63,6 +65,10 @@ TITLE = "Resolution Chromatography"
 INFOTEXT_MARKER = "RC scale"
 
 
+#: Accordion groups (see :attr:`FieldSpec.group`), in display order.
+GROUPS: tuple[str, ...] = ("basic", "advanced", "prompts")
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One user-visible field.
@@ -70,7 +76,9 @@ class FieldSpec:
     ``kind``: ``bool``, ``int``, ``float``, ``choice`` or ``str``. ``minimum``/``maximum`` bound numbers
     (inclusive); ``choices`` lists the allowed values of a ``choice``; ``step`` is the UI slider step.
     ``infotext`` is the key the field is written under (shared keys are encoded together, see
-    :meth:`RCSettings.to_infotext`)."""
+    :meth:`RCSettings.to_infotext`). ``group`` places the field in the accordion: ``basic`` (the first-time view),
+    ``advanced`` (the "Advanced" fold; where a new field lands unless it says otherwise) or ``prompts`` (the
+    "Time-dependent prompts" fold)."""
 
     name: str
     kind: str
@@ -83,6 +91,11 @@ class FieldSpec:
     step: float | None = None
     choices: tuple[str, ...] = ()
     max_length: int = 4000
+    group: str = "advanced"
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"{self.name}: group must be one of {', '.join(GROUPS)}, got {self.group!r}")
 
     def describe_range(self) -> str:
         """Human-readable allowed values, used in error messages."""
@@ -114,6 +127,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         TITLE,
         None,
         "Turn the extension on. Off means no extra work at all and bit-identical images.",
+        group="basic",
     ),
     FieldSpec(
         "preset",
@@ -134,6 +148,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.0,
         3.0,
         0.05,
+        group="basic",
     ),
     FieldSpec(
         "factor_h",
@@ -145,6 +160,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0,
         8,
         1,
+        group="basic",
     ),
     FieldSpec(
         "factor_w",
@@ -156,6 +172,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0,
         8,
         1,
+        group="basic",
     ),
     FieldSpec(
         "window",
@@ -267,6 +284,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "off; fields (layout and detail prompts below; empty = the main prompt); marker (the main prompt "
         "'layout MARKER detail': the layout part alone first, then the whole prompt).",
         choices=PROMPT_MODE_CHOICES,
+        group="prompts",
     ),
     FieldSpec(
         "layout_prompt",
@@ -275,6 +293,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Layout prompt",
         "RC layout",
         "Prompt while the coarse levels are generated (mode 'fields'; empty = main prompt).",
+        group="prompts",
     ),
     FieldSpec(
         "detail_prompt",
@@ -283,6 +302,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Detail prompt",
         "RC detail",
         "Prompt once the switch level is generated (mode 'fields'; empty = main prompt).",
+        group="prompts",
     ),
     FieldSpec(
         "marker",
@@ -292,6 +312,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "RC marker",
         "The marker that splits the main prompt in mode 'marker'.",
         max_length=32,
+        group="prompts",
     ),
     FieldSpec(
         "switch_level",
@@ -303,6 +324,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         1,
         64,
         1,
+        group="prompts",
     ),
     FieldSpec(
         "switch_q",
@@ -314,6 +336,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.05,
         0.95,
         0.05,
+        group="prompts",
     ),
     FieldSpec(
         "grid",
@@ -335,6 +358,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "octave would start forming), upscaled, re-noised and finished at full size with guidance, through "
         "A1111's hires fix (it sets the first-pass size, strength and hires steps). Cheaper than one pass "
         "at full size.",
+        group="basic",
     ),
 )
 
@@ -366,6 +390,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Model family (``lib_chroma.schedule.MODEL_FAMILIES`` key) to preset name.
 FAMILY_PRESET: dict[str, str] = {"sd1": "SD1.5", "sd2": "SD2.x", "sd2-v": "SD2.x", "sdxl": "SDXL"}
+
+
+def fields_in(group: str) -> tuple[str, ...]:
+    """The names of the fields of one accordion group, in :data:`FIELDS` order."""
+    if group not in GROUPS:
+        raise ValueError(f"group: must be one of {', '.join(GROUPS)}, got {group!r}")
+    return tuple(f.name for f in FIELDS if f.group == group)
 
 
 def preset_values(preset: str, family: str | None = None) -> dict[str, Any]:

@@ -519,9 +519,10 @@ def test_moving_grid_phase_counts_model_calls_per_pass_and_generation(web, tmp_p
     assert a.current().current.hires and a.current().current.calls == 0
 
 
-def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web):
+def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web, tmp_path, monkeypatch):
     from lib_chroma.guidance import pool
 
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
     inner = Inner()
     ic = torch.randn(1, 5, 16, 16)
     run(web, make_p(web, steps=2), [{"shape": "constant", "factor_h": 2, "factor_w": 2, "grid": "moving"}], inner,
@@ -531,6 +532,8 @@ def test_inpainting_image_cond_is_pooled_on_the_moved_grid(web):
     for phase, call in enumerate(low):
         expected = pool(ic, 2, 2, (phase, phase))  # offsets (0, 0) then (1, 1)
         torch.testing.assert_close(call[2]["c_concat"][0], torch.cat([expected, expected]))
+    record = json.loads((tmp_path / "rc.jsonl").read_text().splitlines()[-1])
+    assert [c["low_image_cond"] for c in record["calls"]] == [[[2, 5, 8, 8]]] * 2
 
 
 def test_guidance_that_never_ran_is_reported_not_claimed(web):
@@ -552,3 +555,105 @@ def test_guidance_that_never_ran_is_reported_not_claimed(web):
     assert "no model call of the first pass reached the extension's a1111 hook" in p.extra_generation_params["RC error"]
     assert all(s[-1] == 32 for s in inner.sizes())
     web.a1111.on_postprocess(p)
+
+
+class FakeControlParams:
+    """Mikubill ControlNet's ``ControlParams`` as the adapter sees it: the ``hint_cond`` setter clears the
+    attributes derived from the hint (as the real one does)."""
+
+    def __init__(self, hint, hr_hint=None, kind="ControlNet"):
+        self._hint_cond = hint
+        self.hr_hint_cond = hr_hint
+        self.used_hint_cond = "cached"
+        self.used_hint_cond_latent = "cached latent"
+        self.used_hint_inpaint_hijack = None
+        self.control_model_type = types.SimpleNamespace(name=kind)
+
+    @property
+    def hint_cond(self):
+        return self._hint_cond
+
+    @hint_cond.setter
+    def hint_cond(self, value):
+        self._hint_cond = value
+        self.used_hint_cond = self.used_hint_cond_latent = self.used_hint_inpaint_hijack = None
+
+
+class HintedInner(Inner):
+    """A UNet hooked by ControlNet: every call takes the hint whose pixel size is 8x its latent (as ControlNet's
+    hook picks ``hint_cond`` or ``hr_hint_cond``), and fails when there is none (the size-mismatch error)."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.params = params
+        self.hints: list[tuple] = []
+
+    def __call__(self, x, sigma, cond):
+        for prm in self.params:
+            hint = next(
+                (h for h in (prm.hint_cond, prm.hr_hint_cond)
+                 if h is not None and h.shape[-2:] == (8 * x.shape[-2], 8 * x.shape[-1])),
+                None,
+            )
+            if hint is None:
+                raise RuntimeError("The size of tensor a must match the size of tensor b")
+            self.hints.append((tuple(x.shape[-2:]), hint))
+        return super().__call__(x, sigma, cond)
+
+
+def controlnet_p(web, params, **kw):
+    unet = object()
+    web.shared.sd_model.model = types.SimpleNamespace(conditioning_key="crossattn", diffusion_model=unet)
+    script = types.SimpleNamespace(latest_network=types.SimpleNamespace(model=unet, control_params=params))
+    return make_p(web, scripts=types.SimpleNamespace(alwayson_scripts=[types.SimpleNamespace(), script]), **kw)
+
+
+def test_controlnet_low_res_call_gets_the_pooled_hint_and_is_restored(web, tmp_path, monkeypatch):
+    from lib_chroma.guidance import grid_offset, pool_image
+
+    log = tmp_path / "rc.jsonl"
+    monkeypatch.setenv("RC_DEBUG_LOG", str(log))
+    hint = torch.rand(1, 3, 128, 128)
+    hr = torch.rand(1, 3, 256, 256)
+    params = [FakeControlParams(hint, hr), FakeControlParams(torch.rand(1, 3, 128, 128))]
+    inner = HintedInner(params)
+    p = controlnet_p(web, params, steps=3)
+    run(web, p, [{"shape": "constant", "factor_h": 2, "factor_w": 2, "window": "fraction"}], inner, size=(16, 16))
+    assert "RC error" not in p.extra_generation_params
+    low = [(size, h) for size, h in inner.hints if size == (8, 8)]
+    assert len(low) == 2 * 3  # both units, every guided call
+    for call, (_, h) in enumerate(low[::2]):  # unit 1: its first-pass hint pooled on the call's moving grid
+        assert torch.equal(h, pool_image(hint, 2, 2, (16, 16), grid_offset(call, 2, 2)))
+    # everything restored after each low call: the full-size hint and ControlNet's own caches
+    assert params[0].hint_cond is hint and params[0].hr_hint_cond is hr
+    assert (params[0].used_hint_cond, params[0].used_hint_cond_latent) == ("cached", "cached latent")
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["low_calls"] == 3
+    assert [c["controlnet"] for c in record["calls"]][0] == [
+        {"unit": 0, "hint": [1, 3, 64, 64]},
+        {"unit": 1, "hint": [1, 3, 64, 64]},
+    ]
+
+
+def test_controlnet_hires_pass_pools_the_hires_hint(web):
+    hint, hr = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 256, 256)
+    params = [FakeControlParams(hint, hr)]
+    inner = HintedInner(params)
+    p = controlnet_p(web, params, steps=2, is_hr_pass=True, enable_hr=True)
+    run(web, p, [{"shape": "constant", "factor_h": 2, "factor_w": 2, "passes": "hires"}], inner, size=(32, 32))
+    assert "RC error" not in p.extra_generation_params
+    assert {tuple(h.shape[-2:]) for size, h in inner.hints if size == (16, 16)} == {(128, 128)}
+    assert params[0].hint_cond is hint and params[0].hr_hint_cond is hr
+
+
+def test_controlnet_lllite_is_not_guided_and_says_why(web):
+    params = [FakeControlParams(torch.rand(1, 3, 128, 128), kind="Controlllite")]
+    inner = HintedInner(params)
+    p = controlnet_p(web, params, steps=3)
+    x = run(web, p, [{"shape": "constant", "factor_h": 2, "factor_w": 2}], inner, size=(16, 16))
+    assert "ControlNet-LLLite" in p.extra_generation_params["RC error"]
+    assert all(size == (16, 16) for size, _ in inner.hints)  # no low-res call at all
+    plain = HintedInner(params)
+    p2 = controlnet_p(web, params, steps=3)
+    assert torch.equal(run(web, p2, [{"enabled": False}], plain, size=(16, 16)), x)
+

@@ -62,6 +62,31 @@ class KModel:
         return [c["shape"] for c in self.calls]
 
 
+class FakeControl:
+    """Forge's ``ControlBase`` as the adapter sees it: ``get_control`` resizes the original hint to 8x the latent
+    when its cached ``cond_hint`` does not fit (as Forge does), checks the step range on the sigma, and chains to
+    ``previous_controlnet``; records the hint and rows of every call."""
+
+    def __init__(self, hint, strength=1.0, previous=None, timestep_range=None):
+        self.cond_hint_original = hint
+        self.cond_hint = None
+        self.strength = strength
+        self.previous_controlnet = previous
+        self.timestep_range = timestep_range
+        self.seen: list[tuple] = []
+
+    def get_control(self, x, t, cond, batched_number):
+        prev = self.previous_controlnet.get_control(x, t, cond, batched_number) if self.previous_controlnet else None
+        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+            return prev
+        size = (8 * x.shape[-2], 8 * x.shape[-1])
+        if self.cond_hint is None or self.cond_hint.shape[-2:] != size:
+            self.cond_hint = torch.nn.functional.interpolate(self.cond_hint_original, size)
+        self.seen.append((tuple(x.shape), self.cond_hint, float(t[0])))
+        out = torch.nn.functional.avg_pool2d(self.cond_hint.mean(1, keepdim=True), 8).expand(x.shape[0], 1, -1, -1)
+        return {"output": [out * self.strength + (prev["output"][0] if prev else 0)]}
+
+
 class Engine:
     """A Forge engine stand-in (SD1 unless told otherwise): flags, ``forge_objects``."""
 
@@ -88,10 +113,13 @@ def sample(engine: Engine, x: torch.Tensor, sigmas, cond, uncond, *, cfg=7.0, im
                                      "cond_or_uncond": chunks}}
         if image is not None:
             c["c_concat"] = torch.cat([image] * len(chunks))
-        if control is not None:
-            c["control"] = control
         inp = torch.cat([x] * len(chunks))
         t = torch.cat([sig] * len(chunks))
+        if isinstance(control, FakeControl):  # as Forge's calc_cond_uncond_batch
+            c["control"] = control.get_control(inp, t, dict(c), len(chunks))
+            c["control_model"] = control
+        elif control is not None:
+            c["control"] = control
         wrapper = opts.get("model_function_wrapper")
         args = {"input": inp, "timestep": t, "c": c, "cond_or_uncond": chunks}
         if wrapper is None:
@@ -219,10 +247,10 @@ def test_cfg1_guides_the_cond_rows_only(web):
     assert low == [(1, 4, 8, 8)] * 6
 
 
-def test_image_cond_pooled_on_the_moving_grid_control_dropped(web):
+def test_image_cond_pooled_on_the_moving_grid_full_size_control_dropped(web):
     model = KModel()
     image = torch.randn(1, 5, 16, 16)
-    control = {"output": [torch.zeros(2, 320, 16, 16)]}
+    control = {"output": [torch.zeros(2, 320, 16, 16)]}  # residuals without a control object: not for the low call
     generate(web, Engine(model), [{**EVERY_CALL, "grid": "moving"}], image=image, control=control, steps=2)
     full = [c for c in model.calls if c["shape"][-1] == 16]
     low = [c for c in model.calls if c["shape"][-1] == 8]
@@ -379,3 +407,39 @@ def test_sdxl_y_gets_the_low_res_size(web):
         torch.testing.assert_close(low[:, a : a + 256], torch.full((2, 256), px / 1000.0))
     web.shared.opts.rc_sdxl_size_cond = "unchanged"
     assert web.forge._vector_fn(engine) is None
+
+
+def test_controlnet_residuals_recomputed_for_the_low_rows_on_the_moving_grid(web, monkeypatch, tmp_path):
+    """Forge's ControlNet chain: the low call gets residuals computed on the pooled rows from the pooled hint
+    (two controls chained, both at their strength), and every control's cached hint is restored."""
+    from lib_chroma.guidance import grid_offset, pool_image
+
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
+    first = FakeControl(torch.rand(1, 3, 128, 128), strength=0.5)
+    head = FakeControl(torch.rand(1, 3, 128, 128), strength=1.0, previous=first)
+    model = KModel()
+    generate(web, Engine(model), [{**EVERY_CALL, "grid": "moving"}], control=head, steps=3)
+    low = [c for c in model.calls if c["shape"][-1] == 8]
+    assert len(low) == 3 and all(c["control"]["output"][0].shape == (2, 1, 8, 8) for c in low)
+    for ctl in (first, head):
+        full_hint = [h for shape, h, _ in ctl.seen if shape[-1] == 16][0]
+        low_hints = [h for shape, h, _ in ctl.seen if shape[-1] == 8]
+        assert len(low_hints) == 3
+        for phase, h in enumerate(low_hints):
+            torch.testing.assert_close(h, pool_image(full_hint, 2, 2, (16, 16), grid_offset(phase, 2, 2)))
+        assert ctl.cond_hint.shape[-1] == 128  # the full-size hint is back for the next full-size call
+    record = json.loads((tmp_path / "rc.jsonl").read_text().splitlines()[-1])
+    assert [c["controlnet"] for c in record["calls"]] == [[[2, 4, 8, 8]]] * 3
+
+
+def test_controlnet_step_range_follows_the_full_size_sigma(web):
+    """A control active at the full-size sigma is active in the low call too (its sigma/m may lie outside the
+    range), and one that is not, is not: as A1111's ControlNet decides by the step."""
+    sig = sampler_sigmas("Euler", "Automatic", 3, model_schedule("sd1"))
+    mid = (float(sig[0]) + float(sig[1])) / 2  # steps 0 inside, 1 and 2 outside
+    ctl = FakeControl(torch.rand(1, 3, 128, 128), timestep_range=(float("inf"), mid))
+    model = KModel()
+    generate(web, Engine(model), [EVERY_CALL], control=ctl, steps=3)
+    low = [c for c in model.calls if c["shape"][-1] == 8]
+    assert low[0]["control"] is not None and low[1]["control"] is None and low[2]["control"] is None
+    assert ctl.timestep_range == (float("inf"), mid)

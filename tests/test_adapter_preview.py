@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from lib_chroma import settings as S
-from lib_chroma.webui.preview import preview, suggested_strength
-from lib_chroma.webui.svgplot import curves_svg
+from lib_chroma.webui.preview import factor_note, preview, suggested_strength
+from lib_chroma.webui.svgplot import LEVEL_NOTE, X_TITLE, Y2_TITLE, Y_TITLE, _tick_steps, curves_svg
 
 
 def test_readout_and_svg():
@@ -82,10 +84,69 @@ def test_svg_without_window():
         "guidance_window": None,
         "switch": {"step": 0},
     }
-    assert 'data-window=""' in curves_svg(rep)
+    svg = curves_svg(rep)
+    assert 'data-guided=""' in svg and 'data-switch=""' in svg and "rc-switch" not in svg
+
+
+def test_svg_labels_and_one_based_markers():
+    """Axis titles, tick values, what a level is; the grey band and the dashed line carry the readout's and the
+    switch info's 1-based step numbers, and the line sits where that step starts."""
+    vals = S.RCSettings(enabled=True, prompt_mode="marker").to_dict()
+    readout, svg, info = preview(vals, "Euler", "Automatic", 30, 1024, 1024)
+    for text in (X_TITLE, Y_TITLE, Y2_TITLE, LEVEL_NOTE):
+        assert f">{text}<" in svg, text
+    assert "level 2 (16 px)" in svg
+    a, b = re.search(r"guided steps (\d+)–(\d+) of 30", readout).groups()
+    assert f'data-guided="{a}-{b}"' in svg and f">grey: guided steps {a}–{b}<" in svg
+    step = re.search(r"Detail prompt from step (\d+) of 30", info)[1]
+    assert f'data-switch="{step}"' in svg and f">detail prompt from step {step}<" in svg
+    ticks = {t: float(x) for x, t in re.findall(r'<text x="([\d.]+)"[^>]*class="rc-xtick">(\d+)<', svg)}
+    assert min(map(int, ticks)) == 1 and max(map(int, ticks)) == 30
+    line_x = float(re.search(r'class="rc-switch" x1="([\d.]+)"', svg)[1])
+    spacing = (ticks["30"] - ticks["1"]) / 29
+    assert abs(line_x - (ticks["1"] + (int(step) - 1.5) * spacing)) < 0.2
+    assert "switch @" not in svg
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(1, [1]), (5, [1, 2, 3, 4, 5]), (20, [1, 4, 6, 8, 10, 12, 14, 16, 18, 20]), (30, [1, 5, 10, 15, 20, 25, 30]),
+     (150, [1, 20, 40, 60, 80, 100, 120, 140, 150])],
+)
+def test_tick_steps(n: int, expected: list[int]) -> None:
+    assert _tick_steps(n) == expected
+
+
+def test_factor_note():
+    auto = factor_note({"factor_h": 0, "factor_w": 0}, 1024, 1536)
+    assert auto == "Factor 0 = automatic: ×3 (height), ×2 (width) for 1024×1536 (SD1.x: native 512)"
+    half = factor_note({"factor_h": 4, "factor_w": 0}, 1024, 1024, family="sdxl")
+    assert half == "Factor ×4 (height, manual), ×1 (width, automatic) for 1024×1024 (SDXL: native 1024)"
+    manual = factor_note({"factor_h": 2, "factor_w": 2}, 512, 512)
+    assert manual.startswith("Manual factor ×2 (height), ×2 (width); automatic would be ×1, ×1")
+    assert factor_note({}, "wide", 512) == ""
 
 
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_switch_after_the_last_step_reads_as_layout_throughout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A switch at step N (the level is not generated in time) is no "step N+1 of N"."""
+    import lib_chroma.webui.preview as P
+
+    real = P.curves_report
+
+    def late(*args, **kwargs):
+        rep = real(*args, **kwargs)
+        rep["switch"] = {**rep["switch"], "step": len(rep["sigmas"]) - 1, "fraction": None}
+        return rep
+
+    monkeypatch.setattr(P, "curves_report", late)
+    # P.preview, not this file's import: other tests may reload the module (a fresh one is in sys.modules then)
+    _, svg, info = P.preview(S.RCSettings(enabled=True, prompt_mode="marker").to_dict(), "Euler", "Automatic", 10,
+                           1024, 1024)
+    assert info == "Layout prompt throughout: the switch level is not generated within the 10 steps."
+    assert 'data-switch=""' in svg

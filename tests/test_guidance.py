@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lib_chroma import guidance as G
 from lib_chroma.schedule import model_schedule, sampler_sigmas
@@ -501,3 +502,35 @@ def test_nested_levels_extrapolate_every_coarse_level_by_w_once():
     torch.testing.assert_close(G.pool(out, 2, 2), d2 + w * (low1_guided - d2))
     p = plan((4, 4), scale=w)
     assert p.weight(0, 3.0) == w and p.weight(1, 3.0) == 1.0
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 15), (9, 12)])
+@pytest.mark.parametrize("mh, mw", [(2, 2), (3, 2), (1, 1)])
+def test_pool_image_is_the_latent_grid_at_pixel_scale(size, mh, mw):
+    """An image over the latent (8 pixels per latent pixel) pools on the latent's grid: each 8x8 cell of the result
+    averages the image over the pooled latent pixel's block, for every offset of the moving grid; at scale 1 it is
+    pool."""
+    x = torch.randn(2, 3, *size)
+    img = x.repeat_interleave(8, -2).repeat_interleave(8, -1) + 0.1 * torch.randn(2, 3, 8 * size[0], 8 * size[1])
+    cells = F.avg_pool2d(img, 8)  # the image's mean over each latent pixel
+    for phase in range(mh * mw):
+        off = G.grid_offset(phase, mh, mw)
+        got = G.pool_image(img, mh, mw, size, off)
+        want = G.pool(cells, mh, mw, off)
+        assert got.shape[-2:] == (8 * want.shape[-2], 8 * want.shape[-1])
+        # blocks wholly inside the image agree exactly (border blocks replicate pixel rows, not latent rows)
+        top, left = G._span(size[0], mh, off[0])[0], G._span(size[1], mw, off[1])[0]
+        rows = [j for j in range(want.shape[-2]) if j * mh - top >= 0 and (j + 1) * mh - top <= size[0]]
+        cols = [j for j in range(want.shape[-1]) if j * mw - left >= 0 and (j + 1) * mw - left <= size[1]]
+        assert rows and cols
+        inner = F.avg_pool2d(got, 8)[..., rows, :][..., cols]
+        assert torch.allclose(inner, want[..., rows, :][..., cols], atol=1e-5)
+        assert torch.equal(G.pool_image(x, mh, mw, size, off, scale=1), G.pool(x, mh, mw, off))
+    # a pixel pattern finer than the latent is averaged over m x m pixels, not subsampled
+    lines = torch.zeros(1, 1, 8 * size[0], 8 * size[1])
+    lines[..., ::2, :] = 1.0
+    if mh == 2 and size[0] % 2 == 0:
+        pooled = G.pool_image(lines, mh, mw, size)
+        assert torch.allclose(pooled, torch.full_like(pooled, 0.5))
+    with pytest.raises(ValueError, match="^img:"):
+        G.pool_image(torch.zeros(1, 1, 8 * size[0] + 1, 8 * size[1]), mh, mw, size)

@@ -215,3 +215,21 @@ def test_cascade_field_is_appended_and_round_trips():
     with pytest.raises(ValueError, match="^cascade: must be true or false"):
         S.from_dict({"cascade": "maybe"})
     assert "RC cascade" in S.INFOTEXT_KEYS and "RC cascade" not in S.INFOTEXT_INFO_KEYS  # pasted
+
+
+def test_accordion_groups():
+    """The first-time view holds enable, scale, the factors and the cascade mode; every other field sits in a
+    fold, and a field that names no group lands in the "Advanced" fold."""
+    assert S.fields_in("basic") == ("enabled", "scale", "factor_h", "factor_w", "cascade")
+    assert set(S.fields_in("prompts")) == {
+        "prompt_mode", "layout_prompt", "detail_prompt", "marker", "switch_level", "switch_q"
+    }
+    assert {"preset", "window", "shape", "q_end", "operator", "nested", "passes", "grid"} <= set(
+        S.fields_in("advanced")
+    )
+    assert sorted(n for g in S.GROUPS for n in S.fields_in(g)) == sorted(S.FIELD_NAMES)
+    assert S.FieldSpec("x", "bool", False, "X", None, "").group == "advanced"
+    with pytest.raises(ValueError, match="group"):
+        S.fields_in("extra")
+    with pytest.raises(ValueError, match="x: group"):
+        S.FieldSpec("x", "bool", False, "X", None, "", group="extra")

@@ -38,6 +38,7 @@ from lib_chroma.guidance import GuidancePlan, guide_eps, guide_x0
 from lib_chroma.schedule import DiscreteSchedule
 from lib_chroma.webui import cascade_hooks as CH
 from lib_chroma.webui import cascade_setup as CS
+from lib_chroma.webui import controlnet
 from lib_chroma.webui import generation as G
 from lib_chroma.webui.generation import (
     DEBUG_LOG_ENV,
@@ -301,6 +302,9 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     )
     inner = params.inner_model if getattr(params, "inner_model", None) is not None else den.inner_model
     vector_for = _vector_fn() if isinstance(tensor, dict) else None
+    hints = _controlnet_hints(st, pp, phase, (int(x_in.shape[-2]), int(x_in.shape[-1])))
+    if st.failed is not None:
+        return
     call = LowResCall(
         inner,
         groups,
@@ -311,6 +315,7 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         vector_for=vector_for,
         chunk=chunk,
         phase=phase,
+        around=hints,
     )
     t0 = time.perf_counter()
     xs, outs = x_in[:rows], x_out[:rows]
@@ -322,14 +327,32 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         )
     else:
         guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan, phase)
-    G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0)
+    G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0, call.image_shapes)
     st.pixel_evals += sum(int(sh[0]) * int(sh[-2]) * int(sh[-1]) for sh in call.shapes)
     if pp.record is not None:
         pp.record["skipped_uncond"] = skipped
+        if hints is not None:
+            pp.record["controlnet"] = [{"unit": i, "hint": shape} for i, shape in hints.swaps]
     x_out[:rows] = guided.to(x_out.dtype)
     if skipped:
         for i, j in enumerate(first):
             x_out[n + i] = x_out[j]
+
+
+def _controlnet_hints(
+    st: Generation, pp: PassPlan, phase: int, latent: tuple[int, int]
+) -> controlnet.A1111Hints | None:
+    """ControlNet's hints at the low-resolution sizes for this model call (None without ControlNet units); a unit
+    that cannot be guided ends the guidance (:func:`lib_chroma.webui.generation.fail`)."""
+    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
+    units = controlnet.a1111_units(st.p, unet) if unet is not None else []
+    if not units:
+        return None
+    why = controlnet.a1111_unguidable(units)
+    if why:
+        G.fail(st, why)
+        return None
+    return controlnet.A1111Hints(units, pp.plan, phase, latent)
 
 
 # ------------------------------------------------------------------------------------------------------------

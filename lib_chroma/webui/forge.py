@@ -14,7 +14,8 @@ thrown away —, img2img). There, :func:`on_before_sampling` plans the pass (sha
   in ``input``, ``timestep`` the sigma of every row, and ``apply_model(x, sigma, **c)`` returning x0. After
   the full-size call the wrapper makes one batched low-resolution call per level on the pooled rows at
   ``sigma/m`` with the same conditioning, straight to ``apply_model`` (``c_concat`` pooled on the same grid;
-  ControlNet residuals, which are computed for the full size, dropped; ``transformer_options["sigmas"]`` the
+  ControlNet residuals recomputed for the pooled rows from ``c["control_model"]`` with the hint pooled on the same
+  grid, :func:`lib_chroma.webui.controlnet.forge_low_control`; ``transformer_options["sigmas"]`` the
   pooled sigma; SDXL's ``y`` with the low-resolution size, option ``rc_sdxl_size_cond``), and corrects every
   row in x0 form with :func:`lib_chroma.guidance.guide_x0` before Forge combines cond and uncond.
 
@@ -36,14 +37,16 @@ from typing import Any
 import torch
 
 from lib_chroma.guidance import guide_x0
+from lib_chroma.webui import controlnet
 from lib_chroma.webui import generation as G
 from lib_chroma.webui.lowres import LowResCall
 
 HOST = "forge"
 #: ``cond_or_uncond`` marks of Forge's ``calc_cond_uncond_batch``.
 UNCOND = 1
-#: Conditioning entries of the full-size call that do not fit a smaller latent.
-FULL_SIZE_ONLY = ("control", "control_model")
+#: Conditioning entries of the full-size call that do not fit a smaller latent: ControlNet's residuals, recomputed
+#: for the low-resolution rows from ``c["control_model"]`` (see :func:`lib_chroma.webui.controlnet.forge_low_control`).
+FULL_SIZE_ONLY = ("control",)
 
 
 def handles(p: Any) -> bool:
@@ -160,6 +163,10 @@ def _guide(
             cond["c_concat"] = img
         return cond
 
+    control = c.get("control_model")
+    chunks = max(len(list(args.get("cond_or_uncond") or [])), 1)
+    latent = (int(x.shape[-2]), int(x.shape[-1]))
+
     def inner(x_low: torch.Tensor, sigma_low: torch.Tensor, cond: dict) -> torch.Tensor:
         to = cond.get("transformer_options")
         if isinstance(to, dict):
@@ -167,6 +174,13 @@ def _guide(
             if isinstance(to.get("sigmas"), torch.Tensor):
                 to["sigmas"] = sigma_low[: to["sigmas"].shape[0]]
             cond = {**cond, "transformer_options": to}
+        if control is not None:
+            residuals = controlnet.forge_low_control(
+                control, x_low, sigma_low, sigma, cond, chunks, pp.plan, phase, latent
+            )
+            cond = {**cond, "control": residuals}
+            if pp.record is not None:
+                pp.record.setdefault("controlnet", []).append(list(x_low.shape))
         return apply_model(x_low, sigma_low, **cond)
 
     call = LowResCall(
@@ -182,7 +196,7 @@ def _guide(
     )
     t0 = time.perf_counter()
     guided = guide_x0(x, sigma, out, call, pp.plan, phase)  # a failure books no low-res call, as in A1111
-    G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0)
+    G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0, call.image_shapes)
     return guided.to(out.dtype)
 
 

@@ -448,13 +448,23 @@ def mark_hooked(pp: PassPlan) -> None:
     pp.hooked = pp.calls
 
 
-def add_low_calls(st: Generation, pp: PassPlan, calls: int, shapes: list[tuple[int, ...]], seconds: float) -> None:
-    """Book the low-resolution calls of one model call (counts, time, debug entry)."""
+def add_low_calls(
+    st: Generation,
+    pp: PassPlan,
+    calls: int,
+    shapes: list[tuple[int, ...]],
+    seconds: float,
+    image_shapes: list[tuple[int, ...] | None] | None = None,
+) -> None:
+    """Book the low-resolution calls of one model call (counts, time, debug entry: the latent shapes and, for a
+    spatial image conditioning such as an inpainting model's, its pooled shapes)."""
     st.low_calls += calls
     st.low_seconds += seconds
     if pp.record is not None:
         pp.record["low_calls"] = pp.record.get("low_calls", 0) + calls
         pp.record.setdefault("low_shapes", []).extend(list(s) for s in shapes)
+        if image_shapes and any(s is not None for s in image_shapes):
+            pp.record.setdefault("low_image_cond", []).extend(None if s is None else list(s) for s in image_shapes)
 
 
 def on_post_sample(p: Any) -> None:

@@ -18,6 +18,7 @@ concatenated key by key; their ``vector`` (Forge: ``y``, see ``vector_key``) may
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -110,7 +111,9 @@ class LowResCall:
     ``chunk``: at most this many rows per call (the host's "batch cond/uncond" off), None = no limit.
     ``plan`` gives the levels and ``phase`` this model call's index in its pass, so the spatial image cond is
     pooled level by level on the same (moving) grid as ``x``. ``vector_for(vector, (h_px, w_px))`` rewrites the
-    dict cond's ``vector_key`` entry for each low-resolution size.
+    dict cond's ``vector_key`` entry for each low-resolution size. ``around((h, w))``, when given, is a context
+    manager entered around the model calls for latent size ``(h, w)`` (the A1111 adapter gives ControlNet its
+    hints at that size there, see :mod:`lib_chroma.webui.controlnet`).
     """
 
     def __init__(
@@ -127,8 +130,10 @@ class LowResCall:
         latent_factor: int = 8,
         phase: int = 0,
         vector_key: str = "vector",
+        around: Callable[[tuple[int, int]], AbstractContextManager] | None = None,
     ) -> None:
         self.inner = inner
+        self.around = around
         self.groups = list(groups)
         self.make_cond = make_cond
         self.vector_for = vector_for
@@ -137,6 +142,8 @@ class LowResCall:
         self.latent_factor = latent_factor
         self.calls = 0
         self.shapes: list[tuple[int, ...]] = []
+        #: Per call, the shape of the spatial image conditioning it got (None: not spatial, passed unchanged).
+        self.image_shapes: list[tuple[int, ...] | None] = []
         self._image_by_size: dict[tuple[int, int], Any] = {}
         spatial = (
             isinstance(image_cond, torch.Tensor)
@@ -170,6 +177,13 @@ class LowResCall:
         size = (int(x_low.shape[-2]), int(x_low.shape[-1]))
         image = self._image_for(size)
         out = torch.empty_like(x_low)
+        with self.around(size) if self.around is not None else nullcontext():
+            self._run(x_low, sigma_low, size, image, out)
+        return out
+
+    def _run(
+        self, x_low: torch.Tensor, sigma_low: torch.Tensor, size: tuple[int, int], image: Any, out: torch.Tensor
+    ) -> None:
         for start, stop, text in self.groups:
             text = self._text_for(text, size)
             step = (stop - start) if not self.chunk else self.chunk
@@ -183,5 +197,5 @@ class LowResCall:
                 c = cond_rows(text, a - start, b - start)
                 self.calls += 1
                 self.shapes.append(tuple(x_low[a:b].shape))
+                self.image_shapes.append(tuple(img.shape) if self._spatial else None)
                 out[a:b] = self.inner(x_low[a:b], sigma_low[a:b], cond=self.make_cond(c, img))
-        return out

@@ -89,6 +89,8 @@ def preview(
     if s.prompt_mode == "off":
         rep["switch"] = {**sw, "step": None}
         info = "Time-dependent prompts are off."
+    elif sw["step"] >= n:  # "from step N+1 of N" would read as a typo
+        info = f"Layout prompt throughout: the switch level is not generated within the {n} steps."
     else:
         info = f"Detail prompt from step {sw['step'] + 1} of {n}" + (
             f" (when `{sw['fraction']}`)" if sw["fraction"] else ""
@@ -110,3 +112,28 @@ def suggested_strength(
         model_schedule(family),
         ays_table=MODEL_FAMILIES[family]["ays"],
     )
+
+
+def factor_note(values: dict[str, Any], width: float, height: float, *, family: str = "sd1") -> str:
+    """The line under the factor sliders: what "0 = automatic" picks now, for this size and model family.
+
+    E.g. ``Factor 0 = automatic: ×2 (height), ×2 (width) for 1024×1024 (SD1.x: native 512)``; a manual factor says
+    that it overrides the automatic one."""
+    try:
+        native = int(MODEL_FAMILIES[family]["native"])
+        w, h = int(width), int(height)
+        auto = (auto_factor(h, native), auto_factor(w, native))
+        fh, fw = int(values.get("factor_h") or 0), int(values.get("factor_w") or 0)
+    except (ValueError, KeyError, TypeError):
+        return ""
+    names = {"sd1": "SD1.x", "sd2": "SD2.x", "sd2-v": "SD2.x 768-v", "sdxl": "SDXL"}
+    where = f"for {w}×{h} ({names.get(family, family)}: native {native})"
+    if fh == 0 and fw == 0:
+        return f"Factor 0 = automatic: ×{auto[0]} (height), ×{auto[1]} (width) {where}"
+    if fh and fw:
+        return f"Manual factor ×{fh} (height), ×{fw} (width); automatic would be ×{auto[0]}, ×{auto[1]} {where}"
+    parts = [
+        f"×{f or a} ({axis}, {'manual' if f else 'automatic'})"
+        for f, a, axis in ((fh, auto[0], "height"), (fw, auto[1], "width"))
+    ]
+    return f"Factor {', '.join(parts)} {where}"

@@ -133,11 +133,36 @@ class UIPage:
                 f"readout: {self.readout()!r}"
             ) from None
 
+    #: The accordion's folds (closed at first), by the name of their ``elem_id``.
+    FOLDS = ("advanced", "prompts", "plot")
+
+    def fold_is_open(self, fold: str) -> bool:
+        """Whether one of the accordion's folds (``advanced``, ``prompts``, ``plot``) is open."""
+        label = self.loc(self.rc(fold)).locator(".label-wrap").first
+        return "open" in (label.get_attribute("class") or "")
+
+    def open_fold(self, fold: str) -> None:
+        """Open one of the accordion's folds (no-op when open)."""
+        if not self.fold_is_open(fold):
+            self.loc(self.rc(fold)).locator(".label-wrap").first.click()
+        expect(self.loc(self.rc(fold)).locator(".label-wrap").first).to_have_class(re.compile(r"\bopen\b"),
+                                                                                  timeout=UPDATE_MS)
+
+    def fold_of(self, name: str) -> str | None:
+        """The fold that holds a component of the accordion (None: the first-time view)."""
+        for fold in self.FOLDS:
+            if self.page.locator(f"#{self.rc(fold)} #{self.rc(name)}").count():
+                return fold
+        return None
+
     def reveal(self, name: str) -> Locator:
-        """A field's component, made visible: if the accordion groups fields in tabs, the tab holding it is
-        clicked (fields that only matter in some mode are shown by picking the mode first, see
-        :meth:`visible_fields`)."""
+        """A field's component, made visible: the fold holding it is opened, and if the accordion groups fields in
+        tabs, the tab holding it is clicked (fields that only matter in some mode are shown by picking the mode
+        first, see :meth:`visible_fields`)."""
         target = self.loc(self.rc(name))
+        fold = self.fold_of(name)
+        if fold is not None and not target.is_visible():
+            self.open_fold(fold)
         if not target.is_visible():
             for button in self.accordion.locator(".tab-nav button").all():
                 button.click()
@@ -161,6 +186,15 @@ class UIPage:
     def readout(self) -> str:
         """The readout's text, as the server wrote it."""
         return self.readout_box.inner_text().strip()
+
+    def serial(self) -> int:
+        """The number of the preview update that wrote the readout (0: the one built with the page)."""
+        mark = self.page.locator(f"#{self.rc('readout')} .rc-readout-text").first
+        return int(mark.get_attribute("data-serial") or -1)
+
+    def header_readout(self) -> Locator:
+        """The readout the extension's script mirrors into the accordion's header."""
+        return self.header.locator(".rc-header-readout")
 
     @property
     def header(self) -> Locator:
@@ -219,7 +253,8 @@ class UIPage:
             radio.check()
             return
         box.locator("input").first.click()
-        box.locator(f"ul.options li[data-value='{value}']").click()
+        # gradio 3.41 marks an option with data-value, gradio 4 (Forge) with aria-label
+        box.locator(f"ul.options li[data-value='{value}'], ul.options li[aria-label='{value}']").first.click()
         expect(box.locator("input").first).to_have_value(value, timeout=UPDATE_MS)
 
     def choice_value(self, elem_id: str) -> str | None:

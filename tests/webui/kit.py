@@ -17,6 +17,9 @@ checkout is only read. Configuration, all from the environment:
 ``WEBUI_KIT_CHROMIUM``   the browser suite's Chromium (default: ``chromium`` or ``chromium-browser`` on PATH).
 ``WEBUI_KIT_SHOTS``      where the browser suite saves screenshots (default: a new folder under the system
                          temporary folder, ``webui-kit-shots-<time>``); kept after the run, its path is printed.
+``CONTROLNET_DIR``       a checkout of Mikubill/sd-webui-controlnet (A1111); the ControlNet scenarios skip without
+                         it. Its requirements must already be in the WebUI's environment (its installer does not run
+                         under the kit's ``--skip-install``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "resolution-chromatography"
 EXTENSION_TITLE = "Resolution Chromatography"
-FAMILIES = ("sd1", "sd2v", "sdxl")
+FAMILIES = ("sd1", "sd1inpaint", "sd2v", "sdxl")
+CONTROLNET_NAME = "sd-webui-controlnet"
+TINY_CONTROLNET = "tiny-sd1-controlnet"
+TINY_LORA = "tiny-sd1-lora"
 SKIP_REASON = (
     "WEBUI_DIR and FORGE_DIR are unset: the real-WebUI kit needs an installed A1111 WebUI >= 1.9 or a Forge "
     "(see tests/webui/README.md)"
@@ -138,6 +144,12 @@ def not_built(family: str) -> str:
     if family not in HOST_FAMILIES[host() or "a1111"]:
         return f"tiny-{family} not built: Forge's loader needs full-size text encoders for it (tests/webui/README.md)"
     return f"tiny-{family} not built (WEBUI_KIT_FAMILIES)"
+
+
+def controlnet_dir() -> Path | None:
+    """The ControlNet extension checkout (``CONTROLNET_DIR``), or None when unset."""
+    value = os.environ.get("CONTROLNET_DIR", "").strip()
+    return Path(value).expanduser().resolve() if value else None
 
 
 def webui_python(root: Path) -> Path:
@@ -322,14 +334,18 @@ def start_webui(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     extra_extensions: list[Path] | None = None,
+    controlnet: bool = False,
 ) -> WebUI:
     """Start a fresh WebUI (own data folder, own port) on 127.0.0.1 and wait until its API answers.
 
     ``ui=False`` starts it API-only (``--nowebui``); ``ui=True`` with the Gradio UI too (the browser suite; the
     API answers only once the UI is built). ``extension`` links this checkout into the data folder's
     ``extensions/``; ``extra_extensions`` are folders (test-only extensions of the kit) copied there beside it;
-    ``env`` adds environment variables for the server process. The caller must call :meth:`WebUI.stop` (the
-    fixtures do, always).
+    ``env`` adds environment variables for the server process. ``controlnet`` (A1111) links ``CONTROLNET_DIR`` into
+    ``extensions/`` too, with the test-only ``ext_tiny_controlnet/`` that gives ControlNet's loader the tiny layout,
+    and points ControlNet at the tiny ControlNet (``--controlnet-dir``) and at a preprocessor-model folder of the
+    server's own. The tiny SD1 LoRA's folder is always the server's ``--lora-dir`` (A1111). The caller must call
+    :meth:`WebUI.stop` (the fixtures do, always).
 
     Note: under ``--nowebui`` A1111 never runs ``on_ui_settings`` callbacks, so an extension's own options do
     not exist there (``override_settings`` for them is ignored); pass such switches through ``env``.
@@ -339,14 +355,30 @@ def start_webui(
     (data_dir / "extensions").mkdir(parents=True)
     if extension:
         (data_dir / "extensions" / EXTENSION_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    for folder in extra_extensions or []:
+    extra_extensions = list(extra_extensions or [])
+    proc_env_extra: dict[str, str] = {}
+    ckpt_dir = checkpoints[ckpt].parent
+    extra_args = list(extra_args or [])
+    if controlnet:
+        source = controlnet_dir()
+        if source is None or is_forge():
+            raise RuntimeError("controlnet=True needs CONTROLNET_DIR and A1111")
+        (data_dir / "extensions" / CONTROLNET_NAME).symlink_to(source, target_is_directory=True)
+        extra_extensions.append(Path(__file__).with_name("ext_tiny_controlnet"))
+        from tests.webui.make_checkpoints import CONTROLNET_LAYOUT
+
+        proc_env_extra["RC_KIT_CONTROLNET_LAYOUT"] = json.dumps(CONTROLNET_LAYOUT)
+        extra_args += ["--controlnet-dir", str(ckpt_dir / "controlnet")]
+        extra_args += ["--controlnet-annotator-models-path", str(data_dir / "controlnet-annotators")]
+    if not is_forge() and (ckpt_dir / "lora").is_dir():
+        extra_args += ["--lora-dir", str(ckpt_dir / "lora")]
+    for folder in extra_extensions:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(folder, data_dir / "extensions" / folder.name, ignore=ignore)
     settings = dict(BASE_CONFIG, **(config or {}))
     (data_dir / "config.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     flags = FORGE_LAUNCH_FLAGS if is_forge() else LAUNCH_FLAGS
     args = [str(python), "launch.py", *flags, "--port", str(port), "--data-dir", str(data_dir)]
-    ckpt_dir = checkpoints[ckpt].parent
     args += ["--ckpt-dir", str(ckpt_dir), "--ckpt", str(checkpoints[ckpt])]
     if not ui:
         args.append("--nowebui")
@@ -354,8 +386,8 @@ def start_webui(
         # Gradio 4 serves files (the WebUI's own script.js and javascript/, the extension's) only from allowed paths,
         # which Forge sets to the data folder alone: with a data folder of its own, the UI would load no script.
         args += ["--gradio-allowed-path", str(root), "--gradio-allowed-path", str(REPO_ROOT)]
-    args += extra_args or []
-    proc_env = dict(os.environ, **OFFLINE_ENV)
+    args += extra_args
+    proc_env = dict(os.environ, **OFFLINE_ENV, **proc_env_extra)
     proc_env["HF_HUB_CACHE"] = str(ckpt_dir / "hf-cache")  # the tiny OpenCLIP towers (see make_checkpoints.py)
     proc_env.pop("COMMANDLINE_ARGS", None)
     proc_env.update(env or {})

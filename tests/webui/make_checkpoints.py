@@ -8,7 +8,14 @@ omegaconf, safetensors) and whose ``repositories/`` hold the ``ldm`` and ``sgm``
 For each family it writes ``<name>.safetensors`` and the ``<name>.yaml`` beside it (the WebUI picks the
 architecture from that file), plus the text encoders' local folders that the ``.yaml`` points to:
 
-* ``sd1``: SD1 architecture (``ldm`` LatentDiffusion, HF CLIP text encoder), eps-prediction.
+* ``sd1``: SD1 architecture (``ldm`` LatentDiffusion, HF CLIP text encoder), eps-prediction, with SD1.5's block
+  layout (four levels of two res blocks: twelve skip connections and the middle block) at 32/64 channels. Beside
+  it, in ``controlnet/``, ``tiny-sd1-controlnet.safetensors``: a ControlNet for it (its encoder copied from the
+  UNet's, as ControlNets start, a random hint encoder and random "zero" convolutions, so its residuals are not
+  zero), and in ``lora/``, ``tiny-sd1-lora.safetensors``: a rank-4 LoRA on every attention projection of the UNet
+  and the text encoder, in A1111's module naming.
+* ``sd1inpaint``: the same SD1 as an inpainting model (``LatentInpaintDiffusion``, 9 input channels: latent, mask,
+  masked-image latent).
 * ``sd2v``: SD2 v-prediction (``ldm`` LatentDiffusion with an OpenCLIP text encoder, ``parameterization: v``).
 * ``sdxl``: SDXL base shape (``sgm`` DiffusionEngine with both text encoders and the ``vector`` input).
 
@@ -17,6 +24,9 @@ The configs are the WebUI's own, shrunk: UNet channels 32/64 (GroupNorm needs mu
 from open_clip's packaged ``bpe_simple_vocab_16e6.txt.gz``. The OpenCLIP encoders are served through a
 local Hugging Face cache folder (``hf-cache/``): start the WebUI with ``HF_HUB_CACHE`` pointing there and
 ``HF_HUB_OFFLINE=1``. Weights are seeded, so the same WebUI gives the same files.
+
+ControlNet's loader (Mikubill/sd-webui-controlnet) knows only the full-size SD1.5 and SDXL ControlNet layouts;
+the kit's test-only extension ``ext_tiny_controlnet/`` tells it this one (:data:`CONTROLNET_LAYOUT`).
 
 This file is a test helper of the extension; it contains no WebUI code and installs nothing.
 """
@@ -154,8 +164,25 @@ def _shrink_vae(ddconfig: Any) -> None:
     ddconfig.attn_type = "none"
 
 
-def _shrink_unet(params: Any, context_dim: int) -> None:
-    """Two levels (32 and 64 channels), one res block each, cross-attention on the coarser level only.
+#: The tiny SD1 UNet: SD1.5's block layout (four levels, two res blocks each) at 32/32/64/64 channels, attention on
+#: the second level only (ControlNet's loader reads the context width at ``input_blocks.5.1``, as in SD1.5).
+SD15_LAYOUT = {"channel_mult": [1, 1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [2]}
+#: The ControlNet layout that matches it, in the config keys of ControlNet's ``cldm.ControlNet``.
+CONTROLNET_LAYOUT = {
+    "model_channels": 32,
+    "channel_mult": [1, 1, 2, 2],
+    "num_res_blocks": 2,
+    "attention_resolutions": [2],
+    "transformer_depth": [1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "num_heads": -1,
+    "num_head_channels": 16,
+}
+
+
+def _shrink_unet(params: Any, context_dim: int, sd15_blocks: bool = False) -> None:
+    """Two levels (32 and 64 channels), one res block each, cross-attention on the coarser level only; with
+    ``sd15_blocks`` SD1.5's block layout instead (:data:`SD15_LAYOUT`).
 
     No attention at full latent resolution keeps large sizes affordable on a CPU (1024x1024 is 16384 tokens).
     """
@@ -163,6 +190,9 @@ def _shrink_unet(params: Any, context_dim: int) -> None:
     params.channel_mult = [1, 2]
     params.num_res_blocks = 1
     params.attention_resolutions = [2]
+    if sd15_blocks:
+        for key, value in SD15_LAYOUT.items():
+            params[key] = value
     params.transformer_depth = 1
     params.context_dim = context_dim
     params.use_checkpoint = False
@@ -171,18 +201,26 @@ def _shrink_unet(params: Any, context_dim: int) -> None:
     params.num_head_channels = 16
 
 
-def config_sd1(webui: Path, out: Path, bpe_gz: Path, cache: Path) -> Any:
-    """The WebUI's v1-inference.yaml with a tiny UNet, VAE and a local HF CLIP text encoder."""
+def config_sd1(webui: Path, out: Path, bpe_gz: Path, cache: Path, inpainting: bool = False) -> Any:
+    """The WebUI's v1-inference.yaml (v1-inpainting-inference.yaml) with a tiny UNet in SD1.5's block layout, a tiny
+    VAE and a local HF CLIP text encoder."""
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.load(webui / "configs" / "v1-inference.yaml")
+    name = "v1-inpainting-inference.yaml" if inpainting else "v1-inference.yaml"
+    conf = OmegaConf.load(webui / "configs" / name)
     params = conf.model.params
-    _shrink_unet(params.unet_config.params, HIDDEN)
+    _shrink_unet(params.unet_config.params, HIDDEN, sd15_blocks=True)
     _shrink_vae(params.first_stage_config.params.ddconfig)
     clip_dir = out / "sd1-text-encoder"
     write_hf_clip(clip_dir, bpe_gz, HIDDEN)
     params.cond_stage_config.params = {"version": str(clip_dir)}
+    params.use_ema = False
     return conf
+
+
+def config_sd1inpaint(webui: Path, out: Path, bpe_gz: Path, cache: Path) -> Any:
+    """The tiny SD1 as an inpainting model (9 input channels, ``conditioning_key: hybrid``)."""
+    return config_sd1(webui, out, bpe_gz, cache, inpainting=True)
 
 
 def config_sd2v(webui: Path, out: Path, bpe_gz: Path, cache: Path) -> Any:
@@ -225,9 +263,77 @@ def config_sdxl(webui: Path, out: Path, bpe_gz: Path, cache: Path) -> Any:
 
 FAMILIES: dict[str, Callable[[Path, Path, Path, Path], Any]] = {
     "sd1": config_sd1,
+    "sd1inpaint": config_sd1inpaint,
     "sd2v": config_sd2v,
     "sdxl": config_sdxl,
 }
+
+
+def write_controlnet(unet: dict[str, Any], target: Path) -> Path:
+    """A ControlNet (``cldm.ControlNet`` key layout) for the tiny SD1 UNet whose weights ``unet`` holds (keys without
+    the ``model.diffusion_model.`` prefix).
+
+    As a ControlNet starts from its UNet, its encoder (time embedding, input blocks, middle block) is a copy of the
+    UNet's. The hint encoder (3 -> 16 -> 16 -> 32 -> 32 -> 96 -> 96 -> 256 channels, three stride-2 convolutions:
+    8 hint pixels per latent pixel, then a convolution to the model width) and the 1x1 convolutions that turn each
+    input block's output and the middle block's into residuals are random (seeded), not zero as before training,
+    so the residuals change the image.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    state: dict[str, Any] = {
+        k: v.clone() for k, v in unet.items() if k.split(".")[0] in ("time_embed", "input_blocks", "middle_block")
+    }
+    width = int(unet["input_blocks.0.0.weight"].shape[0])
+    hint = [(3, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1), (96, 256, 2), (256, width, 1)]
+    for i, (cin, cout, stride) in enumerate(hint):
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1, stride=stride)
+        state[f"input_hint_block.{2 * i}.weight"] = conv.weight.detach().clone()
+        state[f"input_hint_block.{2 * i}.bias"] = conv.bias.detach().clone()
+    blocks = sorted({int(k.split(".")[1]) for k in unet if k.startswith("input_blocks.")})
+    for i in blocks:  # each input block's output width: any of its 4-D weights' first dimension
+        convs = [v for k, v in sorted(unet.items()) if k.startswith(f"input_blocks.{i}.0.") and v.dim() == 4]
+        ch = int(convs[0].shape[0])
+        conv = torch.nn.Conv2d(ch, ch, 1)
+        state[f"zero_convs.{i}.0.weight"] = conv.weight.detach().clone()
+        state[f"zero_convs.{i}.0.bias"] = conv.bias.detach().clone()
+    mid = int(unet["middle_block.2.out_layers.3.weight"].shape[0])
+    conv = torch.nn.Conv2d(mid, mid, 1)
+    state["middle_block_out.0.weight"] = conv.weight.detach().clone()
+    state["middle_block_out.0.bias"] = conv.bias.detach().clone()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    return target
+
+
+def write_lora(model: Any, target: Path, rank: int = 4) -> Path:
+    """A rank-``rank`` LoRA for the tiny SD1 ``model``: every attention projection of the UNet and every self-attention
+    projection of the text encoder, named as A1111's Lora extension names the modules (the module path with ``_``
+    for ``.``: ``diffusion_model_input_blocks_4_1_transformer_blocks_0_attn2_to_k``,
+    ``transformer_text_model_encoder_layers_0_self_attn_q_proj``), ``lora_down``/``lora_up``/``alpha`` each."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    roots = {"": model.model, "cond": getattr(model.cond_stage_model, "wrapped", model.cond_stage_model)}
+    state: dict[str, Any] = {}
+    for root in roots.values():
+        for name, module in root.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            if not (".attn1.to_" in name or ".attn2.to_" in name or "self_attn." in name and name.endswith("_proj")):
+                continue
+            key = name.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features) / module.in_features**0.5
+            state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank) / rank**0.5
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+    if not state:
+        raise RuntimeError("no attention projection found for the LoRA")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    return target
 
 
 def build(webui: Path, out: Path, family: str) -> Path:
@@ -261,6 +367,11 @@ def build(webui: Path, out: Path, family: str) -> Path:
     target = out / f"tiny-{family}.safetensors"
     save_file(state, str(target))
     OmegaConf.save(conf, out / f"tiny-{family}.yaml")
+    if family == "sd1":
+        prefix = "model.diffusion_model."
+        unet = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        write_controlnet(unet, out / "controlnet" / "tiny-sd1-controlnet.safetensors")
+        write_lora(model, out / "lora" / "tiny-sd1-lora.safetensors")
     n_unet = sum(v.numel() for k, v in state.items() if "diffusion_model." in k)
     print(f"{family}: {target} ({len(state)} tensors, UNet {n_unet / 1e6:.2f}M params)")
     return target

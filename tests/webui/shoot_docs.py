@@ -3,7 +3,8 @@
     WEBUI_DIR=~/stable-diffusion-webui .venv/bin/python -m tests.webui.shoot_docs [docs/screenshot-accordion.png]
 
 Starts a WebUI with its UI through the kit (tiny SD1 checkpoint, 127.0.0.1, stopped at the end), sets txt2img to
-1024×1024 and 30 steps, opens the "Resolution Chromatography" accordion and saves a screenshot cropped to it,
+1024×1024 and 30 steps, opens the "Resolution Chromatography" accordion (its first-time view) and its "Curves" fold
+(the plot's labels; "Advanced" and "Time-dependent prompts" stay closed) and saves a screenshot cropped to it,
 reduced to a palette PNG when it would be larger than ``--max-kb``. Needs what the browser suite needs
 (tests/webui/requirements.txt and a Chromium, see tests/webui/README.md).
 """
@@ -48,6 +49,8 @@ def shoot(server: kit.WebUI, out: Path, max_kb: int) -> Path:
             before = page.readout()
             page.set_slider(elem_id, value)
             page.wait_readout_change(before)
+        page.open_fold("plot")
+        page.svg().wait_for(state="visible")
         page.expect_readout_in_header(page.readout())  # settled: no event pending, the header shows the readout
         page.page.mouse.move(0, 0)  # no hover highlight in the picture
         raw = page.accordion.screenshot(animations="disabled")

@@ -38,7 +38,7 @@ if CHROMIUM is None:
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, expect  # noqa: E402
+from playwright.sync_api import Browser, Locator, expect  # noqa: E402
 
 from tests.webui.browser import VIEWPORT, UIPage, chromium, nonwhite_fraction  # noqa: E402
 
@@ -107,6 +107,7 @@ def test_accordion_renders_in_txt2img(ui: UIPage) -> None:
         assert ui.page.locator(f"#{ui.rc(name)}").count() >= 1, f"no component for field {name}"
     for name in ("preset", "scale", "factor_h", "factor_w", "window", "shape", "operator", "nested", "prompt_mode"):
         ui.reveal(name)
+    ui.open_fold("plot")
     expect(ui.svg()).to_be_visible()
     ui.shot("accordion-open", acc)
 
@@ -127,6 +128,7 @@ def test_accordion_renders_in_txt2img(ui: UIPage) -> None:
 def test_plot_is_nonempty_and_follows_steps_and_width(ui: UIPage) -> None:
     """The curve preview is a drawn image, and it is redrawn for a new step count and a new width."""
     ui.open_accordion()
+    ui.open_fold("plot")
     svg = ui.svg()
     expect(svg).to_be_visible()
     box = svg.bounding_box()
@@ -259,6 +261,12 @@ def test_png_info_send_to_txt2img_restores_the_fields(ui: UIPage, ui_server: kit
     body = ui_server.txt2img(width=192, height=128, steps=5, alwayson_scripts={TITLE: {"args": [rc]}})
     png = shots_dir / "pnginfo-source.png"
     png.write_bytes(kit.image_bytes(body["images"][0]))
+    ui.open_accordion()  # one preview update first: the page's readout then carries the server's count
+    ui.wait_idle()
+    serial = ui.serial()
+    assert serial > 0
+    ui.header.click(position={"x": 4, "y": 4})  # closed (and off) again before the paste
+    expect(ui.loc(ui.rc("scale"))).to_be_hidden()
     params = ui.send_png_to_txt2img(png)
     assert "RC scale: 1.5" in params, params
 
@@ -273,4 +281,142 @@ def test_png_info_send_to_txt2img_restores_the_fields(ui: UIPage, ui_server: kit
     assert not wrong, f"fields not restored (got, expected): {wrong}"
     _, low, size, factor, _ = readout_parts(ui.readout())
     assert size == (192, 128) and factor == (3, 2) and low == (64, 64), ui.readout()
+    ui.page.wait_for_timeout(800)
+    ui.wait_idle()
+    assert ui.serial() == serial + 1, f"one preview update per paste, got {ui.serial() - serial}"
     ui.shot("pasted-into-txt2img", ui.accordion)
+
+
+def test_first_time_view_and_advanced_fold(ui: UIPage) -> None:
+    """Opened for the first time, the accordion shows the readout, the scale and the factors with what the
+    automatic factor is now; everything else waits in closed folds: "Advanced" (presets on top, then window, shape,
+    q, operator, nesting, passes, grid and any field added later), "Time-dependent prompts" and "Curves"."""
+    ui.open_accordion()
+    basic = {n for n in S.fields_in("basic") if n != "enabled"}
+    assert basic == {"scale", "factor_h", "factor_w"}
+    assert ui.visible_fields() == basic, ui.visible_fields()
+    for fold in ui.FOLDS:
+        assert not ui.fold_is_open(fold), fold
+    note = ui.loc(ui.rc("factor_info"))
+    expect(note).to_be_visible()
+    host = (ui.slider_value("txt2img_width"), ui.slider_value("txt2img_height"))
+    expect(note).to_contain_text(f"Factor 0 = automatic: ×1 (height), ×1 (width) for {host[0]}×{host[1]}")
+    ui.shot("first-time-view", ui.accordion)
+    ui.set_slider("txt2img_width", 1024)
+    ui.set_slider("txt2img_height", 1024)
+    expect(note).to_contain_text("×2 (height), ×2 (width) for 1024×1024", timeout=20_000)
+    expect(ui.readout_box).to_contain_text("guided steps 1–", timeout=20_000)
+    ui.wait_idle()
+    ui.shot("first-time-view-1024", ui.accordion)
+    ui.set_field("factor_h", 3)
+    expect(note).to_contain_text("×3 (height, manual), ×2 (width, automatic)", timeout=20_000)
+
+    ui.open_fold("advanced")
+    advanced = set(S.fields_in("advanced"))
+    assert {"preset", "window", "shape", "q_end", "operator", "nested", "passes", "grid"} <= advanced
+    shown = ui.visible_fields()
+    hidden_by_mode = {"window_sigma_hi", "window_sigma_lo", "window_start", "window_end"}  # window "auto"
+    assert shown == basic | (advanced - hidden_by_mode), shown
+    for button in ("apply_preset", "reset", "apply_strength"):
+        expect(ui.loc(ui.rc(button))).to_be_visible()
+    assert not set(S.fields_in("prompts")) & shown
+    ui.shot("advanced-fold", ui.accordion)
+    ui.set_choice(ui.rc("preset"), "SDXL")
+    ui.loc(ui.rc("apply_preset")).click()  # presets stay reachable and act (on fields in a closed fold too)
+    level = ui.loc(ui.rc("switch_level")).locator("input[type=number]")
+    expect(level).to_have_value(str(S.PRESETS["SDXL"]["switch_level"]), timeout=20_000)
+    assert S.PRESETS["SDXL"]["switch_level"] != S.FIELD_BY_NAME["switch_level"].default
+
+
+def _svg_text(locator: Locator) -> str:
+    """An SVG element's text (SVG elements have no ``innerText``)."""
+    return (locator.text_content() or "").strip()
+
+
+def test_plot_labels_and_one_based_markers(ui: UIPage) -> None:
+    """The plot reads without the paper: axis titles, tick values, what a level is; and the guided steps and the
+    prompt switch are marked with the readout's and the switch line's 1-based step numbers."""
+    from lib_chroma.webui.svgplot import LEVEL_NOTE, X_TITLE, Y2_TITLE, Y_TITLE
+
+    ui.open_accordion()
+    ui.open_fold("plot")
+    for elem_id, value in (("txt2img_width", 1024), ("txt2img_height", 1024), ("txt2img_steps", 30)):
+        before = ui.readout()
+        ui.set_slider(elem_id, value)
+        ui.wait_readout_change(before)
+    before = ui.svg_markup()
+    ui.set_field("prompt_mode", "marker")
+    ui.wait_svg_change(before)
+    ui.wait_idle()
+    svg = ui.svg()  # SVG <text> has no innerText: read textContent
+    texts = [t.strip() for t in svg.locator("text").all_text_contents()]
+    for title in (X_TITLE, Y_TITLE, Y2_TITLE, LEVEL_NOTE):
+        assert title in texts, (title, texts)
+    xticks = [t.strip() for t in svg.locator("text.rc-xtick").all_text_contents()]
+    assert xticks[0] == "1" and xticks[-1] == "30", xticks
+    assert [t.strip() for t in svg.locator("text.rc-ytick").all_text_contents()][:3] == ["0", "0.5", "1"]
+    assert any(re.fullmatch(r"level 2 \(16 px\)", t) for t in texts), texts
+
+    guided = re.search(r"guided steps (\d+)–(\d+) of 30", ui.readout())
+    assert guided, ui.readout()
+    label = _svg_text(svg.locator("text.rc-guided-label"))
+    assert label == f"grey: guided steps {guided[1]}–{guided[2]}", (label, ui.readout())
+    assert svg.get_attribute("data-guided") == f"{guided[1]}-{guided[2]}"
+
+    info = ui.loc(ui.rc("switch_info")).inner_text()
+    switch = re.search(r"Detail prompt from step (\d+) of 30", info)
+    assert switch, info
+    assert _svg_text(svg.locator("text.rc-switch-label")) == f"detail prompt from step {switch[1]}"
+    assert svg.get_attribute("data-switch") == switch[1]
+    # the dashed line sits where that step starts: between the ticks of the steps before and at it
+    line_x = float(svg.locator("line.rc-switch").get_attribute("x1") or "nan")
+    box = svg.bounding_box()
+    assert box is not None
+    ui.shot("plot-labels", svg)
+    ticks = {_svg_text(t): float(t.get_attribute("x") or "nan") for t in svg.locator("text.rc-xtick").all()}
+    step = int(switch[1])
+    spacing = (ticks["30"] - ticks["1"]) / 29
+    assert abs(line_x - (ticks["1"] + (step - 1.5) * spacing)) < 0.6, (line_x, ticks, step)
+
+
+def test_one_preview_update_per_burst_and_none_while_closed(ui: UIPage) -> None:
+    """Each burst of changes makes one preview update; while the accordion is closed none is made (the header's
+    readout is marked stale) and opening it makes exactly one."""
+    ui.open_accordion()
+    ui.wait_idle()
+    start = ui.serial()  # the update made by opening it (the server counts updates; this page is its only client)
+    assert start > 0
+    before = ui.readout()
+    ui.set_slider("txt2img_width", 1024)
+    ui.wait_readout_change(before)
+    ui.wait_idle()
+    ui.page.wait_for_timeout(600)
+    assert ui.serial() == start + 1, (start, ui.serial())
+    ui.open_fold("advanced")
+    serial = ui.serial()
+    ui.set_choice(ui.rc("preset"), "SD2.x")
+    ui.loc(ui.rc("apply_preset")).click()  # sets a dozen fields at once
+    ui.wait_idle()
+    ui.page.wait_for_timeout(800)
+    ui.wait_idle()
+    assert ui.serial() == serial + 1, (serial, ui.serial())
+
+    ui.header.click(position={"x": 4, "y": 4})  # close it (A1111's InputAccordion also unticks it)
+    expect(ui.loc(ui.rc("scale"))).to_be_hidden()
+    expect(ui.header_readout()).to_contain_text("off · ")  # the prefix follows the checkbox without an update
+    expect(ui.header_readout()).not_to_have_class(re.compile(r"\brc-stale\b"))  # closing alone changes nothing else
+    ui.page.wait_for_timeout(600)
+    closed = ui.serial()
+    ui.set_slider("txt2img_height", 1024)
+    ui.set_slider("txt2img_steps", 30)
+    ui.page.wait_for_timeout(1500)
+    assert ui.serial() == closed, "no preview update while the accordion is closed"
+    expect(ui.header_readout()).to_have_class(re.compile(r"\brc-stale\b"))
+    ui.header.click(position={"x": 4, "y": 4})
+    expect(ui.loc(ui.rc("scale"))).to_be_visible(timeout=20_000)
+    expect(ui.readout_box).to_contain_text("1024×1024", timeout=20_000)
+    ui.wait_idle()
+    ui.page.wait_for_timeout(800)
+    assert ui.serial() == closed + 1, (closed, ui.serial())
+    assert "of 30" in ui.readout()
+    expect(ui.header_readout()).not_to_have_class(re.compile(r"\brc-stale\b"))
