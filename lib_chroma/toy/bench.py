@@ -46,7 +46,8 @@ from lib_chroma import empirical
 from lib_chroma import guidance as G
 from lib_chroma.schedule import sampler_sigmas
 
-from . import runs, scorer
+from . import demofusion, runs, scorer
+from . import peers as P
 from .train import load_model
 
 DEFAULT_OUT = Path("outputs/bench")
@@ -182,11 +183,37 @@ def empirical_chromatography(
     return out
 
 
+def peer_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, seed: int, sampler: str,
+                 plan: G.GuidancePlan) -> dict[str, Method]:
+    """The peers' rows at square factor ``f`` (:mod:`lib_chroma.toy.peers`, :mod:`lib_chroma.toy.demofusion`)
+    with their defaults, and Deep Shrink with the default guidance ``plan``, its low-resolution call bypassing
+    the shrink (as the library's hosts do) or going through it (the unprotected combination)."""
+    pm = P.toy_map(model.model)
+    ds = "Deep Shrink (x1/2 bicubic after the first downsample, 0-35 %)"
+    hd = f"HiDiffusion RAU-Net (T1 {'40' if f == 2 else '70'} %{'' if f == 2 else ', T2 30 %'})"
+    sc = f"ScaleCrafter re-dilation ({'d 2, 60 %' if f == 2 else 'd 2/4, 70 %, progressive'} of steps)"
+
+    def patched(name: str, pl: G.GuidancePlan | None = None, bypass_low: bool = True) -> Method:
+        return lambda s, k: runs.run_kdiff(model, k, h, w, steps, seed + s, plan=pl, batch=k, sampler=sampler,
+                                           patch=lambda: P.make_peer(name, pm, f, steps), bypass_low=bypass_low)
+
+    return {
+        ds: patched("deep_shrink"),
+        hd: patched("hidiffusion"),
+        sc: patched("scalecrafter"),
+        f"DemoFusion (scales 2-{f}, cosine 3/1/1, sigma 1)": lambda s, k: demofusion.run_demofusion(
+            model, k, f, steps, seed + s, sampler, batch=k),
+        "Deep Shrink + default guidance (low-res call bypasses the shrink)": patched("deep_shrink", plan),
+        "Deep Shrink + default guidance, low-res call shrunk too (unprotected)": patched("deep_shrink", plan,
+                                                                                         False),
+    }
+
+
 def _factor_cells(
     model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
     scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
     extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
-    grid: str = G.DEFAULT_GRID,
+    grid: str = G.DEFAULT_GRID, peers: bool = False,
 ) -> dict[str, Any]:
     """All cells of one factor (plain first: the reference of the relative cost columns)."""
     h, w = FACTORS[fname]
@@ -233,6 +260,8 @@ def _factor_cells(
         guided[ddim_guided] = (dplan, sampler_sigmas("DDIM", "Automatic", steps, runs.toy_schedule()))
         methods["DDIM plain (eps)"] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, batch=k)
         methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
+    if peers and mh == mw and mh in (2, 4):
+        methods.update(peer_methods(model, mh, h, w, steps, seed, sampler, plans[next(iter(plans))]))
     acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)))
     nat = acc.pop("native pass", None)
     rows: list[dict[str, Any]] = []
@@ -277,13 +306,14 @@ def run_bench(
     baselines: bool = True,
     sampler: str = runs.DEFAULT_SAMPLER,
     grid: str = G.DEFAULT_GRID,
+    peers: bool = False,
 ) -> dict[str, Any]:
     """Run every cell; returns the JSON-serialisable result (see the module docstring)."""
     model = runs.CountingModel(load_model(weights))
     t_all = time.time()
     res: dict[str, Any] = {
         "config": {"n": n, "steps": steps, "sampler": runs.a1111_label(sampler), "seed": seed, "batch": batch,
-                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator, "grid": grid,
+                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator, "grid": grid, "peers": peers,
                    "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
         "factors": {},
     }
@@ -308,7 +338,7 @@ def run_bench(
     for fname in factors:
         res["factors"][fname] = _factor_cells(
             model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
-            extra_plans or {}, baselines, sampler, grid)
+            extra_plans or {}, baselines, sampler, grid, peers)
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -391,6 +421,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ddim", action="store_true", help="skip the DDIM rows")
     p.add_argument("--no-baselines", action="store_true", help="skip the upscale and hires rows")
     p.add_argument("--candidates", action="store_true", help="add the default-tuning candidate rows")
+    p.add_argument("--peers", action="store_true",
+                   help="add the peers (Deep Shrink, HiDiffusion, ScaleCrafter, DemoFusion, Deep Shrink + guidance) "
+                        "at 2x and 4x")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
                    help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
                         "operator=bilinear,scale=1,grid=fixed or shape=constant,sigma_lo=0.5 (repeatable)")
@@ -413,7 +446,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                     fixed=not args.no_fixed, ddim=not args.no_ddim, weights=args.weights,
                     extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
                                  **dict(_parse_plan(t) for t in args.plan)},
-                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid)
+                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid, peers=args.peers)
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))
