@@ -121,9 +121,11 @@ Method = Callable[[int, int], torch.Tensor]
 
 
 def interleaved(model: runs.CountingModel, n: int, batch: int, methods: dict[str, Method],
-                progress: Callable[[int], None]) -> dict[str, _Acc]:
+                progress: Callable[[int], None],
+                checkpoint: Callable[[dict[str, _Acc], int], None] | None = None) -> dict[str, _Acc]:
     """Run every method on samples ``[start, start + batch)`` before any moves to the next batch, rotating the
-    order each batch, and time each call: slow phases of a shared machine then fall on all methods alike."""
+    order each batch, and time each call: slow phases of a shared machine then fall on all methods alike.
+    ``checkpoint(acc, samples_done)`` is called after every batch (all methods then have the same samples)."""
     acc = {k: _Acc() for k in methods}
     names = list(methods)
     for b, start in enumerate(range(0, n, batch)):
@@ -136,6 +138,8 @@ def interleaved(model: runs.CountingModel, n: int, batch: int, methods: dict[str
             acc[name].add(model, time.perf_counter() - t0)
             acc[name].imgs.append(imgs)
             progress(k)
+        if checkpoint is not None:
+            checkpoint(acc, start + k)
     return acc
 
 
@@ -213,9 +217,10 @@ def _factor_cells(
     model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
     scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
     extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
-    grid: str = G.DEFAULT_GRID, peers: bool = False,
+    grid: str = G.DEFAULT_GRID, peers: bool = False, partial: Path | None = None,
 ) -> dict[str, Any]:
-    """All cells of one factor (plain first: the reference of the relative cost columns)."""
+    """All cells of one factor (plain first: the reference of the relative cost columns); with ``partial``,
+    the scores and costs of the samples done so far are written there after every batch."""
     h, w = FACTORS[fname]
     mh, mw = h // 32, w // 32
     m = math.sqrt(mh * mw)
@@ -262,7 +267,17 @@ def _factor_cells(
         methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
     if peers and mh == mw and mh in (2, 4):
         methods.update(peer_methods(model, mh, h, w, steps, seed, sampler, plans[next(iter(plans))]))
-    acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)))
+    def checkpoint(acc_now: dict[str, _Acc], done: int) -> None:
+        if partial is None:
+            return
+        rows = {k: {"samples": done, "wall_s": round(a.wall, 3), "calls": sum(a.calls.values()),
+                    "pixel_evals": a.pixel_evals, **scorer.score_batch(a.images())} for k, a in acc_now.items()}
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"factor": fname, "samples_done": done, "rows": rows}, indent=1,
+                                      default=float))
+
+    acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)),
+                      checkpoint)
     nat = acc.pop("native pass", None)
     rows: list[dict[str, Any]] = []
     for label, a in acc.items():
@@ -307,8 +322,10 @@ def run_bench(
     sampler: str = runs.DEFAULT_SAMPLER,
     grid: str = G.DEFAULT_GRID,
     peers: bool = False,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every cell; returns the JSON-serialisable result (see the module docstring)."""
+    """Run every cell; returns the JSON-serialisable result (see the module docstring). With ``out``, each
+    factor's partial results go to ``out/partial-<factor>.json`` after every batch."""
     model = runs.CountingModel(load_model(weights))
     t_all = time.time()
     res: dict[str, Any] = {
@@ -338,7 +355,8 @@ def run_bench(
     for fname in factors:
         res["factors"][fname] = _factor_cells(
             model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
-            extra_plans or {}, baselines, sampler, grid, peers)
+            extra_plans or {}, baselines, sampler, grid, peers,
+            None if out is None else out / f"partial-{fname}.json")
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -446,7 +464,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                     fixed=not args.no_fixed, ddim=not args.no_ddim, weights=args.weights,
                     extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
                                  **dict(_parse_plan(t) for t in args.plan)},
-                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid, peers=args.peers)
+                    baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid, peers=args.peers,
+                    out=args.out)
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))
