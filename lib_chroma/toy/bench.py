@@ -10,12 +10,19 @@ diffusion); ``hires`` (A1111's hires fix at its default strength 0.7 and at the 
 full weight until level m is ``q_end`` generated, then off) and fixed windows for contrast (first 30 %,
 first 60 % and all steps, constant weight); at 2x also deterministic DDIM, plain and guided through ``guide_eps``.
 
+``--peers`` adds, at 2x and 4x, the methods users pick instead (:mod:`lib_chroma.toy.peers`,
+:mod:`lib_chroma.toy.demofusion`, docs/theory.md §8) with their defaults: Deep Shrink, HiDiffusion's RAU-Net,
+ScaleCrafter's re-dilation, DemoFusion, and Deep Shrink with the default guidance, its low-resolution call
+bypassing the shrink (as the library's hosts do) and going through it (unprotected).
+
 Cost columns, relative to plain sampling at the same size in the same run:
 ``calls`` = model evaluations (any size) / plain's; ``pixel_evals`` = ``sum(batch * H * W)`` / plain's
 (one guided level with ``a`` active steps of ``N``: ``1 + (a / N) / m²``); ``wall`` = sampling seconds /
-plain's (scoring excluded). Hires and upscale include their native first pass. The methods of a factor run
-interleaved, batch by batch (their order rotated each batch), so that load drift on a shared machine falls on
-every method alike and the wall ratios are side by side.
+plain's (scoring excluded). Hires, upscale and DemoFusion include their native first pass; DemoFusion's calls
+count one per window and sub-lattice. Pixel-evals count the model's input pixels, so the savings of Deep Shrink
+and RAU-Net inside the UNet (deep levels at a quarter of the pixels) show only in the wall time. The methods of
+a factor run interleaved, batch by batch (their order rotated each batch), so that load drift on a shared
+machine falls on every method alike and the wall ratios are side by side.
 
 Empirical chromatography (:mod:`lib_chroma.empirical`): along native trajectories (relative to the data's
 mean image), the fraction ``g_m[i]`` of the final level-m energy present in the step-i x0 prediction (Euler),
