@@ -238,3 +238,31 @@ def test_demofusion_run_counts_its_native_size_calls(unet: TinyUNet) -> None:
     out = D.run_demofusion(model, 1, 2, 4, seed=0)
     assert out.shape == (1, 3, 64, 64) and bool(torch.isfinite(out).all())
     assert model.calls == {(32, 32): 4 + 4 * (9 + 4)}  # native pass, then 9 windows + 4 sub-lattices per step
+
+
+def test_peer_specs_are_checked() -> None:
+    from lib_chroma.toy import bench
+
+    assert bench.parse_peer("deep_shrink:end=0.6,block=1") == ("deep_shrink", {"end": 0.6, "block": 1.0})
+    assert bench.parse_peer("hidiffusion") == ("hidiffusion", {})
+    for bad in ("bogus", "hidiffusion:t1=0.5", "deep_shrink:stop=1"):
+        with pytest.raises(ValueError):
+            bench.parse_peer(bad)
+
+
+@pytest.mark.slow
+def test_bench_peers_group_rows_and_costs(tmp_path) -> None:
+    from lib_chroma.toy import bench
+
+    torch.set_num_threads(1)
+    res = bench.run_bench(n=1, steps=2, factors=("2x",), fixed=False, ddim=False, baselines=False, peers=True,
+                          out=tmp_path)
+    rows = {r["method"]: r for r in res["factors"]["2x"]["rows"]}
+    assert len(rows) == 8 and next(iter(rows)) == "plain"
+    demo = next(r for k, r in rows.items() if k.startswith("DemoFusion"))
+    # 2 native steps, then 2 steps of 9 windows + 4 sub-lattices, all 32x32, against 2 plain calls at 64x64
+    assert demo["calls_by_size"] == {"32x32": 28} and demo["rel_pixel_evals"] == pytest.approx(3.5)
+    for k, r in rows.items():
+        if k.startswith(("Deep Shrink (", "HiDiffusion", "ScaleCrafter")):
+            assert r["calls_by_size"] == {"64x64": 2}
+    assert (tmp_path / "partial-2x.json").exists()

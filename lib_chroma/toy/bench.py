@@ -220,11 +220,57 @@ def peer_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, 
     }
 
 
+PEER_KEYS = {"deep_shrink": ("start", "end", "block", "factor", "guided", "bypass"), "hidiffusion": (),
+             "scalecrafter": (), "demofusion": ("sigma",)}
+
+
+def parse_peer(spec: str) -> tuple[str, dict[str, float]]:
+    """``NAME[:K=V,...]`` -> ``(NAME, {K: float(V)})``, names and keys checked against ``PEER_KEYS``."""
+    name, _, rest = spec.partition(":")
+    if name not in PEER_KEYS:
+        raise ValueError(f"peer: unknown {name!r}; allowed: {', '.join(PEER_KEYS)}")
+    kw: dict[str, float] = {}
+    for part in filter(None, rest.split(",")):
+        k, _, v = part.partition("=")
+        if k not in PEER_KEYS[name]:
+            raise ValueError(f"peer: unknown key {k!r} for {name}; allowed: {', '.join(PEER_KEYS[name])}")
+        kw[k] = float(v)
+    return name, kw
+
+
+def spec_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, seed: int, sampler: str,
+                 plan: G.GuidancePlan, specs: tuple[str, ...]) -> dict[str, Method]:
+    """Rows from ``--peer NAME[:K=V,...]`` specs (``PEER_KEYS``): ``deep_shrink:end=0.6,block=1`` changes Deep
+    Shrink's window or block, ``guided=1`` adds the default guidance, ``bypass=0`` sends its low-resolution call
+    through the shrink; ``demofusion:sigma=0.8`` its blur; the others take their defaults."""
+    pm = P.toy_map(model.model)
+    out: dict[str, Method] = {}
+    for spec in specs:
+        name, kw = parse_peer(spec)
+        label = f"peer {spec}"
+        if name == "demofusion":
+            blur = kw.get("sigma", 1.0)
+            out[label] = lambda s, k, b=blur: demofusion.run_demofusion(
+                model, k, f, steps, seed + s, sampler, batch=k, blur_sigma=b)
+            continue
+        guided, bypass = bool(kw.pop("guided", 0)), bool(kw.pop("bypass", 1))
+        ds = {"block": int(kw.pop("block", 0)), **kw}
+
+        def factory(name: str = name, ds: dict = ds) -> P.Patch:
+            return P.DeepShrink(pm, **ds) if name == "deep_shrink" else P.make_peer(name, pm, f, steps)
+
+        out[label] = lambda s, k, fac=factory, g=guided, b=bypass: runs.run_kdiff(
+            model, k, h, w, steps, seed + s, plan=plan if g else None, batch=k, sampler=sampler, patch=fac,
+            bypass_low=b)
+    return out
+
+
 def _factor_cells(
     model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
     scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
     extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
     grid: str = G.DEFAULT_GRID, peers: bool = False, partial: Path | None = None,
+    peer_specs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """All cells of one factor (plain first: the reference of the relative cost columns); with ``partial``,
     the scores and costs of the samples done so far are written there after every batch."""
@@ -274,6 +320,8 @@ def _factor_cells(
         methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
     if peers and mh == mw and mh in (2, 4):
         methods.update(peer_methods(model, mh, h, w, steps, seed, sampler, plans[next(iter(plans))]))
+    if peer_specs and mh == mw and mh in (2, 4):
+        methods.update(spec_methods(model, mh, h, w, steps, seed, sampler, plans[next(iter(plans))], peer_specs))
     def checkpoint(acc_now: dict[str, _Acc], done: int) -> None:
         if partial is None:
             return
@@ -330,6 +378,7 @@ def run_bench(
     grid: str = G.DEFAULT_GRID,
     peers: bool = False,
     out: Path | None = None,
+    peer_specs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run every cell; returns the JSON-serialisable result (see the module docstring). With ``out``, each
     factor's partial results go to ``out/partial-<factor>.json`` after every batch."""
@@ -363,7 +412,7 @@ def run_bench(
         res["factors"][fname] = _factor_cells(
             model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
             extra_plans or {}, baselines, sampler, grid, peers,
-            None if out is None else out / f"partial-{fname}.json")
+            None if out is None else out / f"partial-{fname}.json", peer_specs)
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -449,6 +498,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", action="store_true",
                    help="add the peers (Deep Shrink, HiDiffusion, ScaleCrafter, DemoFusion, Deep Shrink + guidance) "
                         "at 2x and 4x")
+    p.add_argument("--peer", action="append", default=[], metavar="NAME[:K=V,...]",
+                   help="one peer row at 2x and 4x, e.g. deep_shrink:end=0.6,block=1 or "
+                        "deep_shrink:guided=1,bypass=0 (repeatable; names and keys: bench.PEER_KEYS)")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
                    help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
                         "operator=bilinear,scale=1,grid=fixed or shape=constant,sigma_lo=0.5 (repeatable)")
@@ -463,6 +515,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     for f in factors:
         if f not in FACTORS:
             raise ValueError(f"factors: unknown {f!r}; allowed: {', '.join(FACTORS)}")
+    for spec in args.peer:
+        parse_peer(spec)
     if n < 1 or steps < 2:
         raise ValueError("n: must be >= 1 and steps >= 2")
     if args.threads:
@@ -472,7 +526,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                     extra_plans={**(candidate_plans(args.scale) if args.candidates else {}),
                                  **dict(_parse_plan(t) for t in args.plan)},
                     baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid, peers=args.peers,
-                    out=args.out)
+                    out=args.out, peer_specs=tuple(args.peer))
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))
