@@ -245,7 +245,8 @@ def test_peer_specs_are_checked() -> None:
 
     assert bench.parse_peer("deep_shrink:end=0.6,block=1") == ("deep_shrink", {"end": 0.6, "block": 1.0})
     assert bench.parse_peer("hidiffusion") == ("hidiffusion", {})
-    for bad in ("bogus", "hidiffusion:t1=0.5", "deep_shrink:stop=1"):
+    assert bench.parse_peer("scalecrafter:guided=1") == ("scalecrafter", {"guided": 1.0})
+    for bad in ("bogus", "hidiffusion:t1=0.5", "deep_shrink:stop=1", "demofusion:guided=1"):
         with pytest.raises(ValueError):
             bench.parse_peer(bad)
 

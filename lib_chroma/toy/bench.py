@@ -220,8 +220,8 @@ def peer_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, 
     }
 
 
-PEER_KEYS = {"deep_shrink": ("start", "end", "block", "factor", "guided", "bypass"), "hidiffusion": (),
-             "scalecrafter": (), "demofusion": ("sigma",)}
+PEER_KEYS = {"deep_shrink": ("start", "end", "block", "factor", "guided", "bypass"),
+             "hidiffusion": ("guided", "bypass"), "scalecrafter": ("guided", "bypass"), "demofusion": ("sigma",)}
 
 
 def parse_peer(spec: str) -> tuple[str, dict[str, float]]:
@@ -241,8 +241,8 @@ def parse_peer(spec: str) -> tuple[str, dict[str, float]]:
 def spec_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, seed: int, sampler: str,
                  plan: G.GuidancePlan, specs: tuple[str, ...]) -> dict[str, Method]:
     """Rows from ``--peer NAME[:K=V,...]`` specs (``PEER_KEYS``): ``deep_shrink:end=0.6,block=1`` changes Deep
-    Shrink's window or block, ``guided=1`` adds the default guidance, ``bypass=0`` sends its low-resolution call
-    through the shrink; ``demofusion:sigma=0.8`` its blur; the others take their defaults."""
+    Shrink's window or block; ``guided=1`` adds the default guidance to a UNet-patching peer and ``bypass=0``
+    sends its low-resolution call through the patch; ``demofusion:sigma=0.8`` changes DemoFusion's blur."""
     pm = P.toy_map(model.model)
     out: dict[str, Method] = {}
     for spec in specs:
@@ -500,7 +500,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                         "at 2x and 4x")
     p.add_argument("--peer", action="append", default=[], metavar="NAME[:K=V,...]",
                    help="one peer row at 2x and 4x, e.g. deep_shrink:end=0.6,block=1 or "
-                        "deep_shrink:guided=1,bypass=0 (repeatable; names and keys: bench.PEER_KEYS)")
+                        "scalecrafter:guided=1 (repeatable; names and keys: bench.PEER_KEYS)")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
                    help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
                         "operator=bilinear,scale=1,grid=fixed or shape=constant,sigma_lo=0.5 (repeatable)")
