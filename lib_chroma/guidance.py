@@ -522,7 +522,10 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
     """Wraps a k-diffusion-style denoiser ``model(x, sigma, **kwargs) -> x0`` with upsample guidance.
 
     The low-resolution call passes the same keyword arguments (conditioning) unless ``low_kwargs`` maps them
-    to something else (e.g. to pool spatial conditioning). ``calls`` counts model evaluations per resolution;
+    to something else (e.g. to pool spatial conditioning). It goes to ``low_model`` when given (default:
+    ``model``): a host passes the same model without the patches other tools put on it for the full size
+    (e.g. Deep Shrink's downscale, which would shrink the native-size call below the sizes the model knows).
+    ``calls`` counts model evaluations per resolution;
     ``phase`` counts the full-resolution calls since :meth:`reset` (one sampling run: reset before each), which
     places the moving grid."""
 
@@ -531,9 +534,11 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
         model: Callable[..., torch.Tensor],
         plan: GuidancePlan,
         low_kwargs: Callable[[dict, tuple[int, int]], dict] | None = None,
+        low_model: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.inner = model
+        self.low_model = low_model if low_model is not None else model
         self.plan = plan
         self.low_kwargs = low_kwargs
         self.calls: dict[tuple[int, int], int] = {}
@@ -554,7 +559,7 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
         def low(x_low: torch.Tensor, s_low: torch.Tensor) -> torch.Tensor:
             self._count(x_low)
             kw = self.low_kwargs(kwargs, (x_low.shape[-2], x_low.shape[-1])) if self.low_kwargs else kwargs
-            return self.inner(x_low, s_low, **kw)
+            return self.low_model(x_low, s_low, **kw)
 
         phase, self.phase = self.phase, self.phase + 1
         return guide_x0(x, sigma, denoised, low, self.plan, phase)

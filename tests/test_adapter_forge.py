@@ -443,3 +443,19 @@ def test_controlnet_step_range_follows_the_full_size_sigma(web):
     low = [c for c in model.calls if c["shape"][-1] == 8]
     assert low[0]["control"] is not None and low[1]["control"] is None and low[2]["control"] is None
     assert ctl.timestep_range == (float("inf"), mid)
+
+
+def test_deep_shrink_input_block_patches_stay_out_of_the_low_res_call(web):
+    """Forge's built-in Kohya HRFix puts its shrink in ``input_block_patch_after_skip``; the native-size low-res
+    call must not be shrunk. Other patches (FreeU's output-block patch, attention patches) still reach it."""
+    model = KModel()
+    engine = Engine(model)
+    patches = {"input_block_patch": ["ib"], "input_block_patch_after_skip": ["shrink"], "output_block_patch": ["up"],
+               "attn1_patch": ["a1"]}
+    engine.forge_objects.unet.model_options["transformer_options"]["patches"] = patches
+    generate(web, engine, [EVERY_CALL], steps=2)
+    full = [c["to"]["patches"] for c in model.calls if c["shape"][-1] == 16]
+    low = [c["to"]["patches"] for c in model.calls if c["shape"][-1] == 8]
+    assert len(full) == 2 and all(f == patches for f in full)
+    assert len(low) == 2 and all(p == {"output_block_patch": ["up"], "attn1_patch": ["a1"]} for p in low)
+    assert engine.forge_objects.unet.model_options["transformer_options"]["patches"] == patches

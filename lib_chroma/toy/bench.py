@@ -13,12 +13,19 @@ with ``--cascade``, the chromatographic cascade (:mod:`lib_chroma.cascade`, :fun
 stopped by the rule, its handover, and a full-size pass guided with the library's defaults (for 4x also the chain
 1x → 2x → 4x); ``--cascade-variants`` compares handovers, upscalers and fixed hires strengths.
 
+``--peers`` adds, at 2x and 4x, the methods users pick instead (:mod:`lib_chroma.toy.peers`,
+:mod:`lib_chroma.toy.demofusion`, docs/theory.md §9) with their defaults: Deep Shrink, HiDiffusion's RAU-Net,
+ScaleCrafter's re-dilation, DemoFusion, and Deep Shrink with the default guidance, its low-resolution call
+bypassing the shrink (as the library's hosts do) and going through it (unprotected).
+
 Cost columns, relative to plain sampling at the same size in the same run:
 ``calls`` = model evaluations (any size) / plain's; ``pixel_evals`` = ``sum(batch * H * W)`` / plain's
 (one guided level with ``a`` active steps of ``N``: ``1 + (a / N) / m²``); ``wall`` = sampling seconds /
-plain's (scoring excluded). Hires and upscale include their native first pass. The methods of a factor run
-interleaved, batch by batch (their order rotated each batch), so that load drift on a shared machine falls on
-every method alike and the wall ratios are side by side.
+plain's (scoring excluded). Hires, upscale and DemoFusion include their native first pass; DemoFusion's calls
+count one per window and sub-lattice. Pixel-evals count the model's input pixels, so the savings of Deep Shrink
+and RAU-Net inside the UNet (deep levels at a quarter of the pixels) show only in the wall time. The methods of
+a factor run interleaved, batch by batch (their order rotated each batch), so that load drift on a shared
+machine falls on every method alike and the wall ratios are side by side.
 
 Empirical chromatography (:mod:`lib_chroma.empirical`): along native trajectories (relative to the data's
 mean image), the fraction ``g_m[i]`` of the final level-m energy present in the step-i x0 prediction (Euler),
@@ -50,7 +57,8 @@ from lib_chroma import guidance as G
 from lib_chroma.cascade import DEFAULT_HANDOVER, DEFAULT_LOSS, CascadePlan, plan_cascade
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 
-from . import cascade_runs, runs, scorer
+from . import cascade_runs, demofusion, runs, scorer
+from . import peers as P
 from .train import load_model
 
 DEFAULT_OUT = Path("outputs/bench")
@@ -176,9 +184,11 @@ Method = Callable[[int, int], torch.Tensor]
 
 
 def interleaved(model: runs.CountingModel, n: int, batch: int, methods: dict[str, Method],
-                progress: Callable[[int], None]) -> dict[str, _Acc]:
+                progress: Callable[[int], None],
+                checkpoint: Callable[[dict[str, _Acc], int], None] | None = None) -> dict[str, _Acc]:
     """Run every method on samples ``[start, start + batch)`` before any moves to the next batch, rotating the
-    order each batch, and time each call: slow phases of a shared machine then fall on all methods alike."""
+    order each batch, and time each call: slow phases of a shared machine then fall on all methods alike.
+    ``checkpoint(acc, samples_done)`` is called after every batch (all methods then have the same samples)."""
     acc = {k: _Acc() for k in methods}
     names = list(methods)
     for b, start in enumerate(range(0, n, batch)):
@@ -191,6 +201,8 @@ def interleaved(model: runs.CountingModel, n: int, batch: int, methods: dict[str
             acc[name].add(model, time.perf_counter() - t0)
             acc[name].imgs.append(imgs)
             progress(k)
+        if checkpoint is not None:
+            checkpoint(acc, start + k)
     return acc
 
 
@@ -238,15 +250,88 @@ def empirical_chromatography(
     return out
 
 
+def peer_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, seed: int, sampler: str,
+                 plan: G.GuidancePlan) -> dict[str, Method]:
+    """The peers' rows at square factor ``f`` (:mod:`lib_chroma.toy.peers`, :mod:`lib_chroma.toy.demofusion`)
+    with their defaults, and Deep Shrink with the default guidance ``plan``, its low-resolution call bypassing
+    the shrink (as the library's hosts do) or going through it (the unprotected combination)."""
+    pm = P.toy_map(model.model)
+    ds = "Deep Shrink (x1/2 bicubic after the first downsample, 0-35 %)"
+    hd = f"HiDiffusion RAU-Net (T1 {'40' if f == 2 else '70'} %{'' if f == 2 else ', T2 30 %'})"
+    sc = f"ScaleCrafter re-dilation ({'d 2, 60 %' if f == 2 else 'd 2/4, 70 %, progressive'} of steps)"
+
+    def patched(name: str, pl: G.GuidancePlan | None = None, bypass_low: bool = True) -> Method:
+        return lambda s, k: runs.run_kdiff(model, k, h, w, steps, seed + s, plan=pl, batch=k, sampler=sampler,
+                                           patch=lambda: P.make_peer(name, pm, f, steps), bypass_low=bypass_low)
+
+    return {
+        ds: patched("deep_shrink"),
+        hd: patched("hidiffusion"),
+        sc: patched("scalecrafter"),
+        f"DemoFusion (scales 2-{f}, cosine 3/1/1, sigma 1)": lambda s, k: demofusion.run_demofusion(
+            model, k, f, steps, seed + s, sampler, batch=k),
+        "Deep Shrink + default guidance (low-res call bypasses the shrink)": patched("deep_shrink", plan),
+        "Deep Shrink + default guidance, low-res call shrunk too (unprotected)": patched("deep_shrink", plan,
+                                                                                         False),
+    }
+
+
+PEER_KEYS = {"deep_shrink": ("start", "end", "block", "factor", "guided", "bypass"),
+             "hidiffusion": ("guided", "bypass"), "scalecrafter": ("guided", "bypass"), "demofusion": ("sigma",)}
+
+
+def parse_peer(spec: str) -> tuple[str, dict[str, float]]:
+    """``NAME[:K=V,...]`` -> ``(NAME, {K: float(V)})``, names and keys checked against ``PEER_KEYS``."""
+    name, _, rest = spec.partition(":")
+    if name not in PEER_KEYS:
+        raise ValueError(f"peer: unknown {name!r}; allowed: {', '.join(PEER_KEYS)}")
+    kw: dict[str, float] = {}
+    for part in filter(None, rest.split(",")):
+        k, _, v = part.partition("=")
+        if k not in PEER_KEYS[name]:
+            raise ValueError(f"peer: unknown key {k!r} for {name}; allowed: {', '.join(PEER_KEYS[name])}")
+        kw[k] = float(v)
+    return name, kw
+
+
+def spec_methods(model: runs.CountingModel, f: int, h: int, w: int, steps: int, seed: int, sampler: str,
+                 plan: G.GuidancePlan, specs: tuple[str, ...]) -> dict[str, Method]:
+    """Rows from ``--peer NAME[:K=V,...]`` specs (``PEER_KEYS``): ``deep_shrink:end=0.6,block=1`` changes Deep
+    Shrink's window or block; ``guided=1`` adds the default guidance to a UNet-patching peer and ``bypass=0``
+    sends its low-resolution call through the patch; ``demofusion:sigma=0.8`` changes DemoFusion's blur."""
+    pm = P.toy_map(model.model)
+    out: dict[str, Method] = {}
+    for spec in specs:
+        name, kw = parse_peer(spec)
+        label = f"peer {spec}"
+        if name == "demofusion":
+            blur = kw.get("sigma", 1.0)
+            out[label] = lambda s, k, b=blur: demofusion.run_demofusion(
+                model, k, f, steps, seed + s, sampler, batch=k, blur_sigma=b)
+            continue
+        guided, bypass = bool(kw.pop("guided", 0)), bool(kw.pop("bypass", 1))
+        ds = {"block": int(kw.pop("block", 0)), **kw}
+
+        def factory(name: str = name, ds: dict = ds) -> P.Patch:
+            return P.DeepShrink(pm, **ds) if name == "deep_shrink" else P.make_peer(name, pm, f, steps)
+
+        out[label] = lambda s, k, fac=factory, g=guided, b=bypass: runs.run_kdiff(
+            model, k, h, w, steps, seed + s, plan=plan if g else None, batch=k, sampler=sampler, patch=fac,
+            bypass_low=b)
+    return out
+
+
 def _factor_cells(
     model: runs.CountingModel, fname: str, native: torch.Tensor, n: int, steps: int, seed: int, batch: int,
     scale: float, q_end: float, shape: str, operator: str, fixed: bool, ddim: bool,
     extra_plans: dict[str, dict[str, Any]], baselines: bool = True, sampler: str = runs.DEFAULT_SAMPLER,
     grid: str = G.DEFAULT_GRID, cascades: dict[str, dict[str, Any]] | None = None, skip: tuple[str, ...] = (),
+    peers: bool = False, partial: Path | None = None, peer_specs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """All cells of one factor (plain first: the reference of the relative cost columns). ``cascades``: cascade
     rows by label, keyword arguments of :func:`cascade_method`. ``skip``: rows whose label contains one of these
-    texts are not run (never plain, nor the native pass the hires and upscale rows include)."""
+    texts are not run (never plain, nor the native pass the hires and upscale rows include). With ``partial``,
+    the scores and costs of the samples done so far are written there after every batch."""
     h, w = FACTORS[fname]
     mh, mw = h // 32, w // 32
     m = math.sqrt(mh * mw)
@@ -297,9 +382,23 @@ def _factor_cells(
         guided[ddim_guided] = (dplan, sampler_sigmas("DDIM", "Automatic", steps, runs.toy_schedule()))
         methods["DDIM plain (eps)"] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, batch=k)
         methods[ddim_guided] = lambda s, k: runs.run_ddim(model, k, h, w, steps, seed + s, plan=dplan, batch=k)
+    if peers and mh == mw and mh in (2, 4):
+        methods.update(peer_methods(model, mh, h, w, steps, seed, sampler, plans[next(iter(plans))]))
+    if peer_specs and mh == mw and mh in (2, 4):
+        methods.update(spec_methods(model, mh, h, w, steps, seed, sampler, plans[next(iter(plans))], peer_specs))
+    def checkpoint(acc_now: dict[str, _Acc], done: int) -> None:
+        if partial is None:
+            return
+        rows = {k: {"samples": done, "wall_s": round(a.wall, 3), "calls": sum(a.calls.values()),
+                    "pixel_evals": a.pixel_evals, **scorer.score_batch(a.images())} for k, a in acc_now.items()}
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"factor": fname, "samples_done": done, "rows": rows}, indent=1,
+                                      default=float))
+
     methods = {k: v for k, v in methods.items()
                if k in ("plain", "native pass") or not any(t in k for t in skip)}
-    acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)))
+    acc = interleaved(model, n, batch, methods, _Progress(f"{fname}: {len(methods)} methods", n * len(methods)),
+                      checkpoint)
     nat = acc.pop("native pass", None)
     rows: list[dict[str, Any]] = []
     for label, a in acc.items():
@@ -353,13 +452,17 @@ def run_bench(
     cascade_variants: bool = False,
     extra_cascades: dict[str, dict[str, Any]] | None = None,
     skip: tuple[str, ...] = (),
+    peers: bool = False,
+    out: Path | None = None,
+    peer_specs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run every cell; returns the JSON-serialisable result (see the module docstring)."""
+    """Run every cell; returns the JSON-serialisable result (see the module docstring). With ``out``, each
+    factor's partial results go to ``out/partial-<factor>.json`` after every batch."""
     model = runs.CountingModel(load_model(weights))
     t_all = time.time()
     res: dict[str, Any] = {
         "config": {"n": n, "steps": steps, "sampler": runs.a1111_label(sampler), "seed": seed, "batch": batch,
-                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator, "grid": grid,
+                   "scale": scale, "q_end": q_end, "shape": shape, "operator": operator, "grid": grid, "peers": peers,
                    "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
         "factors": {},
     }
@@ -387,7 +490,8 @@ def run_bench(
         rows.update(extra_cascades or {})
         res["factors"][fname] = _factor_cells(
             model, fname, native, n, steps, seed, batch, scale, q_end, shape, operator, fixed, ddim,
-            extra_plans or {}, baselines, sampler, grid, rows, skip)
+            extra_plans or {}, baselines, sampler, grid, rows, skip, peers,
+            None if out is None else out / f"partial-{fname}.json", peer_specs)
     res["wall_s"] = round(time.time() - t_all, 1)
     return res
 
@@ -501,6 +605,12 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ddim", action="store_true", help="skip the DDIM rows")
     p.add_argument("--no-baselines", action="store_true", help="skip the upscale and hires rows")
     p.add_argument("--candidates", action="store_true", help="add the default-tuning candidate rows")
+    p.add_argument("--peers", action="store_true",
+                   help="add the peers (Deep Shrink, HiDiffusion, ScaleCrafter, DemoFusion, Deep Shrink + guidance) "
+                        "at 2x and 4x")
+    p.add_argument("--peer", action="append", default=[], metavar="NAME[:K=V,...]",
+                   help="one peer row at 2x and 4x, e.g. deep_shrink:end=0.6,block=1 or "
+                        "scalecrafter:guided=1 (repeatable; names and keys: bench.PEER_KEYS)")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...",
                    help="extra guidance row from GuidancePlan.build keywords, e.g. shape=fade,q_end=0.99,"
                         "operator=bilinear,scale=1,grid=fixed or shape=constant,sigma_lo=0.5 (repeatable)")
@@ -525,6 +635,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     for f in factors:
         if f not in FACTORS:
             raise ValueError(f"factors: unknown {f!r}; allowed: {', '.join(FACTORS)}")
+    for spec in args.peer:
+        parse_peer(spec)
     if n < 1 or steps < 2:
         raise ValueError("n: must be >= 1 and steps >= 2")
     if args.threads:
@@ -535,7 +647,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                                  **dict(_parse_plan(t) for t in args.plan)},
                     baselines=not args.no_baselines, sampler=args.sampler, grid=args.grid,
                     cascade=args.cascade, cascade_variants=args.cascade_variants,
-                    extra_cascades=dict(_parse_cascade(t) for t in args.cascade_row), skip=tuple(args.skip))
+                    extra_cascades=dict(_parse_cascade(t) for t in args.cascade_row), skip=tuple(args.skip),
+                    peers=args.peers, out=args.out, peer_specs=tuple(args.peer))
     res["command"] = "python -m lib_chroma bench " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=1, default=float))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -151,14 +152,23 @@ def run_kdiff(
     batch: int = 32,
     record: list[torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    patch: Callable[[], AbstractContextManager] | None = None,
+    bypass_low: bool = True,
 ) -> torch.Tensor:
     """Plain (``plan=None``) or guided k-diffusion sampling at ``h x w`` on the sigmas A1111 gives the sampler
     with the "Automatic" scheduler (:func:`sampler_sigmas`: the discrete schedule for Euler, Karras for DPM++
     2M); ``record`` collects each step's x0 prediction ``(steps, n, C, h, w)`` as a list of per-step tensors
-    (concatenated over batches)."""
+    (concatenated over batches).
+
+    ``patch``: a factory of a UNet patch (:mod:`lib_chroma.toy.peers`) entered around each batch, a sampling
+    run of its own. With a plan, the low-resolution call bypasses such patches (``bypass_low``, the
+    default; ``False`` reproduces a host whose low-resolution call goes through them)."""
+    from .peers import guided_low_model
+
     den = make_denoiser(model)  # type: ignore[arg-type]
     sigmas = toy_sigmas(sampler, steps).to(torch.float32)
-    model_fn = den if plan is None else UpsampleGuidedDenoiser(den, plan)
+    low = guided_low_model(den, model.model) if bypass_low else None
+    model_fn = den if plan is None else UpsampleGuidedDenoiser(den, plan, low_model=low)
     fn = _ks(sampler)
     per_step: list[list[torch.Tensor]] = [[] for _ in range(steps)]
 
@@ -171,7 +181,8 @@ def run_kdiff(
         if record is not None:
             def cb(d: dict) -> None:
                 per_step[d["i"]].append(d["denoised"].clone())
-        return fn(model_fn, x, sigmas, disable=True, callback=cb)
+        with patch() if patch is not None else nullcontext():
+            return fn(model_fn, x, sigmas, disable=True, callback=cb)
 
     out = _batched(n, batch, one, progress)
     if record is not None:

@@ -16,7 +16,9 @@ thrown away —, img2img). There, :func:`on_before_sampling` plans the pass (sha
   ``sigma/m`` with the same conditioning, straight to ``apply_model`` (``c_concat`` pooled on the same grid;
   ControlNet residuals recomputed for the pooled rows from ``c["control_model"]`` with the hint pooled on the same
   grid, :func:`lib_chroma.webui.controlnet.forge_low_control`; ``transformer_options["sigmas"]`` the
-  pooled sigma; SDXL's ``y`` with the low-resolution size, option ``rc_sdxl_size_cond``), and corrects every
+  pooled sigma; the input-block patches that resize hidden states for the full size, such as Forge's built-in
+  "Kohya HRFix" (Deep Shrink), left out: the low-resolution call is a call at the model's own size; SDXL's
+  ``y`` with the low-resolution size, option ``rc_sdxl_size_cond``), and corrects every
   row in x0 form with :func:`lib_chroma.guidance.guide_x0` before Forge combines cond and uncond.
 
 Any failure: the full-size prediction is returned unchanged, one warning, the rest of the generation runs
@@ -47,6 +49,11 @@ UNCOND = 1
 #: Conditioning entries of the full-size call that do not fit a smaller latent: ControlNet's residuals, recomputed
 #: for the low-resolution rows from ``c["control_model"]`` (see :func:`lib_chroma.webui.controlnet.forge_low_control`).
 FULL_SIZE_ONLY = ("control",)
+#: ``transformer_options["patches"]`` entries kept out of the low-resolution call: Deep Shrink (Forge's "Kohya
+#: HRFix", ComfyUI's PatchModelAddDownscale) shrinks the hidden state there whatever the input size, and a
+#: shrunk native-size call gives the guidance a prediction from sizes the model never saw (toy: proper faces
+#: 0.92 -> 0.15). Its output-block patch only resizes back what was shrunk, so it is harmless and kept.
+FULL_SIZE_PATCHES = ("input_block_patch", "input_block_patch_after_skip")
 
 
 def handles(p: Any) -> bool:
@@ -173,6 +180,8 @@ def _guide(
             to = dict(to)  # the UNet writes block indices into it
             if isinstance(to.get("sigmas"), torch.Tensor):
                 to["sigmas"] = sigma_low[: to["sigmas"].shape[0]]
+            if isinstance(to.get("patches"), dict):
+                to["patches"] = {k: v for k, v in to["patches"].items() if k not in FULL_SIZE_PATCHES}
             cond = {**cond, "transformer_options": to}
         if control is not None:
             residuals = controlnet.forge_low_control(
