@@ -289,8 +289,9 @@ def test_png_info_send_to_txt2img_restores_the_fields(ui: UIPage, ui_server: kit
 
 def test_first_time_view_and_advanced_fold(ui: UIPage) -> None:
     """Opened for the first time, the accordion shows the readout, the scale, the factors with what the
-    automatic factor is now and the cascade box; everything else waits in closed folds: "Advanced" (presets on top, then window, shape,
-    q, operator, nesting, passes, grid and any field added later), "Time-dependent prompts" and "Curves"."""
+    automatic factor is now and the cascade box; everything else waits in closed folds: "Advanced" (presets on
+    top, then window, shape, q, operator, nesting, passes, grid and any field added later), "Time-dependent
+    prompts" and "Curves"."""
     ui.open_accordion()
     basic = {n for n in S.fields_in("basic") if n != "enabled"}
     assert basic == {"scale", "factor_h", "factor_w", "cascade"}
