@@ -10,13 +10,13 @@ at fine ones:
 
 - ``position`` (coarse): face centre ``cx`` in ``[r + 2, 24]`` (left), ``[30, 34]`` (centre) or
   ``[40, 62 - r]`` (right); ``cy`` in ``[29, 35]``.
-- ``size`` (coarse): radius ``r`` uniform in ``[11, 14]`` (small) or ``[17, 20.5]`` (large).
+- ``size`` (coarse): radius ``r`` uniform in ``[12, 14.5]`` (small) or ``[17, 21]`` (large).
 - ``colour`` (coarse): a saturated face colour, ``COLOURS[name] + U(-0.08, 0.08)`` per channel; its largest
   channel is ``>= 0.67``.
 - ``eyes`` (fine): two dark eyes at ``(cx -+ dx, cy - dy)``, ``dx = 0.42 r + 0.8``, ``dy = 0.22 r + 0.4``,
   size ``e = 0.2 r + 1.2``: ``round`` discs of radius ``e``, or ``slit`` ellipses with half-axes
-  ``1.15 e`` x ``0.5 e`` (aspect 2.3). An eye is at least 6.8 units wide and a slit 3.4 units high (1.7 and
-  0.85 latent pixels at f = 4).
+  ``1.15 e`` x ``0.5 e`` (aspect 2.3). An eye is at least 7.2 units wide and a slit 3.6 units high (1.8 and
+  0.9 latent pixels at f = 4).
 - ``texture`` (fine) of the dark, nearly grey background (luminance ``U(-0.55, -0.25)``, tint <= 0.08):
   ``noise``: ``amp tanh(0.8 t)``, ``t`` the toy's 1/f texture (:func:`lib_chroma.toy.data.texture`);
   ``stripes``: ``amp sin(2 pi (u cos th + v sin th) / P + phi)``, period ``P`` in ``[10, 14]`` units, any angle;
@@ -58,7 +58,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "texture": TEXTURES,
 }
 COLOUR_JITTER = 0.08
-RADIUS: dict[str, tuple[float, float]] = {"small": (11.0, 14.0), "large": (17.0, 20.5)}
+RADIUS: dict[str, tuple[float, float]] = {"small": (12.0, 14.5), "large": (17.0, 21.0)}
 #: Radius threshold (units) between the size classes, halfway between their ranges.
 SIZE_SPLIT = 0.5 * (RADIUS["small"][1] + RADIUS["large"][0])
 #: ``cx`` thresholds (units) between left | centre | right, halfway between the position ranges.

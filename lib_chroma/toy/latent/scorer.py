@@ -13,9 +13,11 @@ Per image (:class:`ImageScore`):
   ``extent`` = farthest pixel from the centroid over the radius; ``round_ok``: ``aspect <= 1.3``,
   ``extent <= 1.35`` and not cut by the border (contact with any border at most 0.8 radii), as the pixel
   toy's scorer.
-- eyes: 4-connected components of ``vmax < (median face vmax + EYE_MAX) / 2`` inside the object's orthogonal
-  hull, of at least 15 % of the nominal round-eye area for that radius. ``eyes_ok``: exactly two, one each
-  side of the centre, both above it, level (``|dy| < 0.35 r``), ``0.5 r .. 1.4 r`` apart, areas within 3x.
+- eyes: 4-connected components of ``vmax < face - EYE_DEPTH (face - EYE_MAX)`` (``face`` the median vmax of
+  the face's light pixels; ``EYE_DEPTH = 0.4``: darker than the face by 40 % of the face-to-eye contrast, which
+  still reads the slightly lightened eyes an f = 4 decoder draws) inside the object's orthogonal hull, of at
+  least 15 % of the nominal round-eye area for that radius. ``eyes_ok``: exactly two, one each side of the
+  centre, both above it, level (``|dy| < 0.35 r``), ``0.5 r .. 1.4 r`` apart, areas within 3x.
 - ``proper_face = n_objects == 1 and round_ok and eyes_ok``.
 - attributes (``attrs``; ``None`` when there is nothing to read):
   ``position`` from the main object's centroid ``cx`` against :data:`data.POSITION_SPLITS`;
@@ -54,6 +56,7 @@ MAX_ASPECT = 1.3
 MAX_EXTENT = 1.35
 MAX_BORDER_CONTACT = 0.8
 EYE_ASPECT_SPLIT = 1.45
+EYE_DEPTH = 0.4
 COHERENCE_SPLIT = 0.5
 SKEW_SPLIT = 0.8
 TEXTURE_WINDOW = 11.0
@@ -210,7 +213,7 @@ def _measure(img: np.ndarray) -> _Raw:
     face_px = img[:, core] if core.any() else img[:, light]
     face_rgb = tuple(float(v) for v in np.median(face_px, axis=1))
     face_v = float(np.median(vmax[light]))
-    dark = ortho_hull(filled) & (vmax < 0.5 * (face_v + data.EYE_MAX))
+    dark = ortho_hull(filled) & (vmax < face_v - EYE_DEPTH * (face_v - data.EYE_MAX))
     elab, en = label(dark, conn8=False)
     e = data.eye_layout(radius)[2]
     min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * e**2)

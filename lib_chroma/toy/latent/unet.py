@@ -3,8 +3,9 @@
 Layout (SD's in small): levels at latent resolutions ``1, 1/2, 1/4`` with ``channels[i]`` channels and
 ``blocks[i]`` residual blocks (:class:`lib_chroma.toy.model.ResBlock`, time embedding by scale and shift) on
 the way down and up (skips by concatenation; upsampling: nearest 2x, then a 3x3 convolution to the finer level's
-channels), each followed at the levels with ``attn[i]`` by a :class:`SpatialTransformer`; a middle
-block ``ResBlock, SpatialTransformer, ResBlock`` at the coarsest level. A spatial transformer is SD's:
+channels), each followed by a :class:`SpatialTransformer` of kind ``attn[i]`` (:data:`ATTN_KINDS`; by default
+cross-attention only at the finest level, self- and cross-attention at the two coarser ones); a middle block
+``ResBlock, SpatialTransformer, ResBlock`` at the coarsest level. A spatial transformer is SD's:
 
     h = proj_in(GN(x)) as tokens;  h += SelfAttn(LN(h));  h += CrossAttn(LN(h), context);  h += FF(LN(h));
     out = x + proj_out(h)    (proj_out zero-initialised, FF = Linear-GELU-Linear of width 2C)
@@ -21,6 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib_chroma.toy.model import ResBlock, timestep_embedding
+
+#: Attention per level: none; ``cross`` (cross-attention to the prompt and FF, no self-attention: its cost grows
+#: with the square of the token count, which at the finest level is the whole latent); ``full`` (both).
+ATTN_KINDS = ("none", "cross", "full")
 
 
 class Attention(nn.Module):
@@ -47,14 +52,15 @@ class Attention(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """SD's spatial transformer with one basic block (see the module docstring)."""
+    """SD's spatial transformer with one basic block (see the module docstring); ``self_attn=False`` drops the
+    self-attention (cross-attention and FF only)."""
 
-    def __init__(self, ch: int, ctx_dim: int, heads: int, ff_mult: int = 2) -> None:
+    def __init__(self, ch: int, ctx_dim: int, heads: int, ff_mult: int = 2, self_attn: bool = True) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(8, ch)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(ch), nn.LayerNorm(ch), nn.LayerNorm(ch)
-        self.attn1 = Attention(ch, ch, heads)
+        self.attn1 = Attention(ch, ch, heads) if self_attn else None
         self.attn2 = Attention(ch, ctx_dim, heads)
         self.ff = nn.Sequential(nn.Linear(ch, ff_mult * ch), nn.GELU(), nn.Linear(ff_mult * ch, ch))
         self.proj_out = nn.Conv2d(ch, ch, 1)
@@ -64,7 +70,8 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # noqa: D102
         b, c, hh, ww = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
-        h = h + self.attn1(self.ln1(h))
+        if self.attn1 is not None:
+            h = h + self.attn1(self.ln1(h))
         h = h + self.attn2(self.ln2(h), context)
         h = h + self.ff(self.ln3(h))
         return x + self.proj_out(h.transpose(1, 2).reshape(b, c, hh, ww))
@@ -78,23 +85,28 @@ class LatentUNet(nn.Module):
         in_ch: int = 4,
         channels: tuple[int, ...] = (64, 128, 128),
         blocks: tuple[int, ...] = (1, 1, 1),
-        attn: tuple[bool, ...] = (False, True, True),
+        attn: tuple[str, ...] = ("cross", "full", "full"),
         ctx_dim: int = 64,
         heads: int = 4,
         temb: int = 128,
     ) -> None:
         super().__init__()
-        channels, blocks, attn = tuple(channels), tuple(blocks), tuple(bool(a) for a in attn)
+        channels, blocks, attn = tuple(channels), tuple(blocks), tuple(attn)
         if not len(channels) == len(blocks) == len(attn):
             raise ValueError(f"channels {channels}, blocks {blocks} and attn {attn} must have the same length")
+        for a in attn:
+            if a not in ATTN_KINDS:
+                raise ValueError(f"attn: unknown kind {a!r}; allowed: {', '.join(ATTN_KINDS)}")
         self.config = {"in_ch": in_ch, "channels": list(channels), "blocks": list(blocks), "attn": list(attn),
                        "ctx_dim": ctx_dim, "heads": heads, "temb": temb}
         self.temb_dim = temb
         self.time_mlp = nn.Sequential(nn.Linear(temb, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.inp = nn.Conv2d(in_ch, channels[0], 3, padding=1)
 
-        def tf(ch: int, on: bool) -> nn.Module:
-            return SpatialTransformer(ch, ctx_dim, heads) if on else nn.Identity()
+        def tf(ch: int, kind: str) -> nn.Module:
+            if kind == "none":
+                return nn.Identity()
+            return SpatialTransformer(ch, ctx_dim, heads, self_attn=kind == "full")
 
         self.down, self.down_attn, self.downsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         skips, c = [], channels[0]
@@ -109,7 +121,7 @@ class LatentUNet(nn.Module):
             self.down_attn.append(att)
             if i < len(channels) - 1:
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.mid1, self.mid_attn, self.mid2 = ResBlock(c, c, temb), tf(c, True), ResBlock(c, c, temb)
+        self.mid1, self.mid_attn, self.mid2 = ResBlock(c, c, temb), tf(c, "full"), ResBlock(c, c, temb)
         self.up, self.up_attn, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i, co in reversed(list(enumerate(channels))):
             res, att = nn.ModuleList(), nn.ModuleList()
