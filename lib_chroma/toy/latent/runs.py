@@ -35,14 +35,22 @@ import torch.nn.functional as F
 
 from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser
 from lib_chroma.schedule import img2img_sigmas
-from lib_chroma.toy.runs import A1111_HIRES_STRENGTH, DEFAULT_SAMPLER, a1111_label, toy_schedule, toy_sigmas
+from lib_chroma.toy.runs import (
+    A1111_HIRES_STRENGTH,
+    DEFAULT_SAMPLER,
+    a1111_label,
+    hires_chroma_strength,
+    toy_schedule,
+    toy_sigmas,
+)
 from lib_chroma.toy.sampling import initial_noise, make_denoiser
 
 from .text import prompt_text
 from .train import LatentModel
 
 __all__ = [
-    "A1111_HIRES_STRENGTH", "DEFAULT_SAMPLER", "CountingUNet", "CFGDenoiser", "latent_sigmas", "make_plan",
+    "A1111_HIRES_STRENGTH", "DEFAULT_SAMPLER", "hires_chroma_strength", "a1111_label", "CountingUNet",
+    "CFGDenoiser", "latent_sigmas", "make_plan",
     "run_txt2img", "run_hires", "decode", "upscale_latents",
 ]
 
