@@ -65,3 +65,11 @@ def test_factor_rows_share_prompts_and_report_costs(tiny: LatentModel) -> None:
     assert guided["pixel_evals_x"] == pytest.approx(1 + 2 / 4 / 4)
     assert all("blockiness" in r for r in rows[1:]) and "blockiness" not in rows[0]
     assert "| plain |" in bench.markdown(rows)
+
+
+def test_tile_places_images_row_major() -> None:
+    imgs = -torch.ones(3, 3, 2, 2)
+    imgs[1] = 1.0
+    t = bench.tile(imgs, cols=2)
+    assert t.shape == (4, 4, 3) and t.dtype.name == "uint8"
+    assert (t[:2, :2] == 0).all() and (t[:2, 2:] == 255).all() and (t[2:, :2] == 0).all() and (t[2:, 2:] == 0).all()

@@ -96,8 +96,39 @@ def make_plan(m: int, steps: int, sampler: str, spec: dict[str, Any]) -> Guidanc
     return plan
 
 
+def tile(imgs: torch.Tensor, cols: int = 8) -> Any:
+    """``(N, 3, H, W)`` images in ``[-1, 1]`` as one uint8 ``(rows H, cols W, 3)`` array, row-major, black fill."""
+    import numpy as np
+
+    n, _, h, w = imgs.shape
+    rows = -(-n // cols)
+    out = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    a = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        out[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = a[i]
+    return out
+
+
+#: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
+SAMPLES: dict[str, Any] = {"dir": None, "count": 16}
+
+
+def _save_samples(label: str, imgs: torch.Tensor) -> None:
+    if SAMPLES["dir"] is None or SAMPLES["count"] <= 0:
+        return
+    import re
+
+    from matplotlib.image import imsave
+
+    d = Path(SAMPLES["dir"])
+    d.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")[:80]
+    imsave(d / f"{name}.png", tile(imgs[:SAMPLES["count"]]))
+
+
 def _row(label: str, imgs: torch.Tensor, prompts: list[dict[str, str]], grid: int | None,
-         unet: runs.CountingUNet | None, seconds: float) -> dict[str, Any]:
+         unet: runs.CountingUNet | None, seconds: float, tag: str = "") -> dict[str, Any]:
+    _save_samples(f"{tag} {label}", imgs)
     s = scorer.summarize(scorer.score_images(imgs, (grid,) if grid else ()), prompts)
     row: dict[str, Any] = {"method": label, **{k: s[k] for k in SUMMARY_KEYS}, "seconds": round(seconds, 1),
                            "summary": s}
@@ -124,7 +155,7 @@ def run_native(model: LatentModel, n: int, seed: int, cfgs: list[float], sampler
                                  sampler=sampler, batch=batch)
             imgs = runs.decode(model, z)
             row = _row(f"native, {runs.a1111_label(sampler)} {steps} steps, CFG {cfg:g}", imgs, prompts, None,
-                       unet, time.time() - t0)
+                       unet, time.time() - t0, tag=f"seed {seed}")
             row.update(sampler=sampler, steps=steps, cfg=cfg, n=n, seed=seed)
             print(_fmt(row), flush=True)
             out.append(row)
@@ -138,23 +169,24 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
+    tag = f"{m}x {sampler} {steps} cfg {cfg:g} seed {seed}"
     rows = []
     t0 = time.time()
     low = runs.run_txt2img(model, unet, prompts, NATIVE_LATENT, NATIVE_LATENT, steps, seed, cfg=cfg,
                            sampler=sampler, batch=batch)
     t_native = time.time() - t0
     native_img = runs.decode(model, low)
-    native = _row("native 64 px (reference)", native_img, prompts, None, unet, t_native)
+    native = _row("native 64 px (reference)", native_img, prompts, None, unet, t_native, tag=tag)
     rows.append(native)
     unet.reset()
     t0 = time.time()
     z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, sampler=sampler, batch=batch)
-    rows.append(_row("plain", runs.decode(model, z), prompts, grid, unet, time.time() - t0))
+    rows.append(_row("plain", runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
     if baselines:
         t0 = time.time()
         up = torch.nn.functional.interpolate(native_img, scale_factor=m, mode="bilinear", align_corners=False)
         rows.append(_row("upscale only (bilinear pixels, no diffusion)", up, prompts, grid, None,
-                         t_native + time.time() - t0))
+                         t_native + time.time() - t0, tag=tag))
         power = float(model.meta["level_power"]["1"])
         s_chroma = runs.hires_chroma_strength(m, steps, sampler, power=power)
         for strength, what in ((runs.A1111_HIRES_STRENGTH, "A1111 default"),
@@ -164,7 +196,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
             z = runs.run_hires(model, unet, low, prompts, size, size, steps, seed, strength=strength, cfg=cfg,
                                sampler=sampler, batch=batch)
             row = _row(f"hires fix {strength:.2f} ({what})", runs.decode(model, z), prompts, grid, unet,
-                       t_native + time.time() - t0)
+                       t_native + time.time() - t0, tag=tag)
             row["calls"] += native["calls"]
             row["pixel_evals"] += native["pixel_evals"]
             rows.append(row)
@@ -175,7 +207,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
         t0 = time.time()
         z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
                              batch=batch)
-        row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0)
+        row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag)
         row["plan"] = {"spec": spec, "levels": plan.levels, "scale": plan.scale, "shape": plan.shape,
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
@@ -228,6 +260,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baselines", action="store_true", help="no upscale and hires rows")
     p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
     p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -235,6 +268,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     model = load_model(args.weights)
+    SAMPLES.update(dir=args.out / "samples", count=args.images)
     n, steps, factors = (8, 6, [2]) if args.quick else (args.n, args.steps, args.factors)
     t0 = time.time()
     if args.native:
