@@ -134,6 +134,7 @@ def _row(label: str, imgs: torch.Tensor, prompts: list[dict[str, str]], grid: in
                            "summary": s}
     if grid:
         row["blockiness"] = s[f"blockiness_{grid}"]
+    print(f"[{tag}] {_fmt(row)} seconds {row['seconds']}", flush=True)  # as it comes; the table follows
     if unet is not None:
         row["calls"] = sum(unet.calls.values())
         row["pixel_evals"] = unet.pixel_evals
@@ -157,7 +158,6 @@ def run_native(model: LatentModel, n: int, seed: int, cfgs: list[float], sampler
             row = _row(f"native, {runs.a1111_label(sampler)} {steps} steps, CFG {cfg:g}", imgs, prompts, None,
                        unet, time.time() - t0, tag=f"seed {seed}")
             row.update(sampler=sampler, steps=steps, cfg=cfg, n=n, seed=seed)
-            print(_fmt(row), flush=True)
             out.append(row)
     return out
 
