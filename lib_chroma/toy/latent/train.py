@@ -210,7 +210,8 @@ def save_weights(model: LatentModel, path: Path) -> None:
 
 
 def load_model(path: str | Path | None = None) -> LatentModel:
-    """Load :func:`save_weights` output (float32, eval mode, no gradients); default: the shipped weights."""
+    """Load :func:`save_weights` output (float32, eval mode, no gradients; the autoencoder's scale from the
+    metadata's exact ``scale_factor``); default: the shipped weights."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -223,6 +224,7 @@ def load_model(path: str | Path | None = None) -> LatentModel:
     state = load_file(str(path))
     for name, mod in (("ae", ae), ("text", text), ("unet", unet)):
         mod.load_state_dict({k[len(name) + 1:]: v.float() for k, v in state.items() if k.startswith(name + ".")})
+    ae.scale.fill_(float(meta["scale_factor"]))  # the exact value, not its fp16 copy among the tensors
     return LatentModel(ae, text, unet, meta).eval()
 
 
