@@ -73,3 +73,16 @@ def test_tile_places_images_row_major() -> None:
     t = bench.tile(imgs, cols=2)
     assert t.shape == (4, 4, 3) and t.dtype.name == "uint8"
     assert (t[:2, :2] == 0).all() and (t[:2, 2:] == 255).all() and (t[2:, :2] == 0).all() and (t[2:, 2:] == 0).all()
+
+
+def test_bench_cli_on_the_shipped_weights_writes_json_markdown_and_samples(tmp_path) -> None:
+    import json
+
+    rc = bench.bench_main(["--n", "2", "--steps", "3", "--no-baselines", "--only-plans", "--plan", "eta=0.5",
+                           "--images", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "2x_dpmpp_2m_3.json").read_text())
+    assert [r["method"] for r in res["rows"]] == ["native 64 px (reference)", "plain", "plan eta=0.5"]
+    assert res["rows"][2]["plan"]["window_steps"] == [0, 1] and res["n"] == 2
+    assert "| plan eta=0.5 |" in (tmp_path / "2x_dpmpp_2m_3.md").read_text()
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 3
