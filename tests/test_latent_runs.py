@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lib_chroma.guidance import GuidancePlan
 from lib_chroma.toy.latent import runs, scorer, text
 from lib_chroma.toy.latent.autoencoder import AutoEncoder
 from lib_chroma.toy.latent.text import TextEncoder
@@ -87,3 +88,36 @@ def test_guidance_beats_plain_sampling_at_2x_on_the_shipped_model() -> None:
     sg = scorer.summarize(scorer.score_images(runs.decode(model, guided), (8,)), prompts)
     assert sg["one_object"] >= 0.9 and sg["one_object"] >= sp["one_object"] + 0.3
     assert sg["attr_position"] >= sp["attr_position"] + 0.2
+
+
+class _IdentityAE(torch.nn.Module):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule() -> None:
+    from lib_chroma.guidance import UpsampleGuidedDenoiser
+
+    torch.manual_seed(0)
+    calls: list[tuple[int, ...]] = []
+
+    def den(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return torch.tanh(x) * 0.7 + context.mean() + 0.1 * sigma.view(-1, 1, 1, 1)
+
+    plan = GuidancePlan(((2, 2),), scale=1.5, shape="constant", sigma_hi=5.0, sigma_lo=1.0, operator="bilinear",
+                        grid="fixed")
+    x, ctx = torch.randn(2, 4, 12, 12), torch.randn(2, 3, 8)
+    pix = runs.PixelSpaceGuidedDenoiser(den, plan, _IdentityAE())
+    lib = UpsampleGuidedDenoiser(den, plan)
+    for s, n_calls in ((2.0, 2), (9.0, 1)):  # inside the window: one low call; outside: none
+        sigma = torch.full((2,), s)
+        calls.clear()
+        out = pix(x, sigma, context=ctx)
+        assert calls[1:] == [(2, 4, 6, 6)] * (n_calls - 1) and len(calls) == n_calls
+        assert torch.allclose(out, lib(x, sigma, context=ctx), atol=1e-6)
+    with pytest.raises(ValueError, match="one level"):
+        runs.PixelSpaceGuidedDenoiser(den, GuidancePlan(((2, 2), (2, 2))), _IdentityAE())

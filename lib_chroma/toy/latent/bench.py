@@ -23,7 +23,9 @@ is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--fact
 ``operator``, ``grid``, ``power``, and ``eta`` (constant weight over the first ``eta`` of the steps) or
 ``sigma_lo`` (from the start down to that sigma); ``coarse=1`` also guides one level coarser than native (the
 plan's levels become the factor's levels followed by ``(2, 2)``: the native-size prediction is itself guided by
-the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`).
+the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`); ``space=pixel`` makes the
+correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
+fixed grid, one level).
 
 Cost columns relative to plain sampling at the same size: model calls (batched CFG evaluations, any size),
 pixel-evaluations ``sum(rows h w)`` and wall time (sampling and decoding; scoring excluded). Rows run one
@@ -63,7 +65,7 @@ STANDARD_PLANS: dict[str, dict[str, Any]] = {
     "guidance, first 30 %, w=1.2": {"scale": 1.2, "eta": 0.3},
     "guidance, all steps, constant w=1": {"scale": 1.0, "eta": 1.0},
 }
-PLAN_KEYS = ("scale", "shape", "q_end", "operator", "grid", "power", "eta", "sigma_lo", "coarse")
+PLAN_KEYS = ("scale", "shape", "q_end", "operator", "grid", "power", "eta", "sigma_lo", "coarse", "space")
 
 
 def parse_plan(spec: str) -> dict[str, Any]:
@@ -74,7 +76,9 @@ def parse_plan(spec: str) -> dict[str, Any]:
         k, v = k.strip(), v.strip()
         if k not in PLAN_KEYS or not v:
             raise ValueError(f"plan: unknown or empty key {k!r} in {spec!r}; keys: {', '.join(PLAN_KEYS)}")
-        out[k] = v if k in ("shape", "operator", "grid") else int(v) if k == "coarse" else float(v)
+        if k == "space" and v not in ("latent", "pixel"):
+            raise ValueError(f"plan: space must be latent or pixel, got {v!r}")
+        out[k] = v if k in ("shape", "operator", "grid", "space") else int(v) if k == "coarse" else float(v)
     return out
 
 
@@ -84,7 +88,7 @@ def make_plan(m: int, steps: int, sampler: str, spec: dict[str, Any]) -> Guidanc
     ``eta``: ``window="fraction", window_range=(0, eta)`` (constant weight); ``sigma_lo``: ``window="sigma",
     window_range=(inf, sigma_lo)``; ``coarse=1``: levels ``factor_levels(m, m) + ((2, 2),)`` with the other
     settings of the built plan."""
-    kw = {k: v for k, v in spec.items() if k not in ("eta", "sigma_lo", "coarse")}
+    kw = {k: v for k, v in spec.items() if k not in ("eta", "sigma_lo", "coarse", "space")}
     if "eta" in spec:
         kw.update(window="fraction", window_range=(0.0, float(spec["eta"])))
     elif "sigma_lo" in spec:
@@ -206,7 +210,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
         unet.reset()
         t0 = time.time()
         z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
-                             batch=batch)
+                             batch=batch, pixel_space=spec.get("space") == "pixel")
         row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag)
         row["plan"] = {"spec": spec, "levels": plan.levels, "scale": plan.scale, "shape": plan.shape,
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,

@@ -20,6 +20,10 @@ Methods (every one starts from the same per-sample noise, sample ``i`` from seed
   upscaler), re-noised to the first sigma of ``img2img_sigmas(..., strength, fixed_steps=True)``, then
   ``steps`` sampler steps.
 
+:class:`PixelSpaceGuidedDenoiser` is an experiment, not the library's rule: the same low-resolution call on the
+pooled latent, but the correction is made on the decoded images and brought back through the encoder (see its
+docstring); it needs the autoencoder inside the sampling loop, which the WebUI adapter does not have.
+
 :class:`CountingUNet` counts model calls (one per batched CFG evaluation) and pixel-evaluations
 ``sum(rows * h * w)`` at each latent size.
 """
@@ -33,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser
+from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, unpool
 from lib_chroma.schedule import img2img_sigmas
 from lib_chroma.toy.runs import (
     A1111_HIRES_STRENGTH,
@@ -50,7 +54,7 @@ from .train import LatentModel
 
 __all__ = [
     "A1111_HIRES_STRENGTH", "DEFAULT_SAMPLER", "hires_chroma_strength", "a1111_label", "CountingUNet",
-    "CFGDenoiser", "latent_sigmas", "make_plan",
+    "CFGDenoiser", "PixelSpaceGuidedDenoiser", "latent_sigmas", "make_plan",
     "run_txt2img", "run_hires", "decode", "upscale_latents",
 ]
 
@@ -76,17 +80,60 @@ class CountingUNet(torch.nn.Module):
         return self.unet(x, t, context)
 
 
+class PixelSpaceGuidedDenoiser(torch.nn.Module):
+    """Upsample guidance with the correction made in pixel space (one level, ``m`` x ``m``, fixed grid).
+
+    With ``G`` the decoder, ``E`` the encoder (posterior mean, scaled) and ``D_p``, ``U_p`` the ``m`` x ``m``
+    average pooling and bilinear upsampling of *pixels*:
+
+        d_low = den(D(x), sigma / m)                         (the library's low-resolution call, unchanged)
+        img = G(denoised),   img' = img + U_p(G(d_low) - D_p(img))
+        denoised' = denoised + w (E(img') - E(img))
+
+    so the coarse part of the decoded prediction is replaced by the decoded low-resolution prediction, and the
+    change goes back through the encoder (``E(img)`` is subtracted so that the autoencoder's round-trip error
+    does not enter). The weight ``w`` and the window are the plan's (level 0). Pooling latents does not commute
+    with the decoder (``G(D z) != D_p G(z)``); this form pools only pixels. Cost per guided step: one
+    low-resolution model call plus two decodes and two encodes of the batch."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], plan: GuidancePlan, ae: torch.nn.Module) -> None:
+        super().__init__()
+        if len(plan.levels) != 1:
+            raise ValueError(f"plan: pixel-space guidance takes one level, got {plan.levels}")
+        self.inner = model
+        self.plan = plan
+        self.ae = ae
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # noqa: D102
+        denoised = self.inner(x, sigma, **kwargs)
+        w = torch.tensor([self.plan.weight(0, float(s)) for s in sigma.reshape(-1)], dtype=x.dtype)
+        if not bool((w != 0).any()):
+            return denoised
+        mh, mw = self.plan.levels[0]
+        d_low = self.inner(pool(x, mh, mw), sigma / math.sqrt(mh * mw), **kwargs)
+        img, img_low = self.ae.decode(denoised), self.ae.decode(d_low)
+        corr = unpool(img_low - pool(img, mh, mw), mh, mw, (img.shape[-2], img.shape[-1]), "bilinear")
+        delta = self.ae.encode(img + corr) - self.ae.encode(img)
+        return denoised + w.view(-1, 1, 1, 1) * delta
+
+
 class CFGDenoiser(torch.nn.Module):
     """A1111's CFG on a k-diffusion denoiser ``den(x, sigma, context=...) -> x0``:
     ``out = inner(cat([x, x]), cat([sigma, sigma]), context=cat([cond, uncond]))``, ``inner = den`` or
-    ``UpsampleGuidedDenoiser(den, plan)``; returns ``out_u + cfg (out_c - out_u)``."""
+    ``UpsampleGuidedDenoiser(den, plan)`` (``PixelSpaceGuidedDenoiser(den, plan, pixel_ae)`` with
+    ``pixel_ae``); returns ``out_u + cfg (out_c - out_u)``."""
 
     def __init__(self, den: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
-                 plan: GuidancePlan | None = None) -> None:
+                 plan: GuidancePlan | None = None, pixel_ae: torch.nn.Module | None = None) -> None:
         super().__init__()
         if cond.shape != uncond.shape:
             raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond {tuple(cond.shape)}")
-        self.inner = den if plan is None else UpsampleGuidedDenoiser(den, plan)
+        if plan is None:
+            self.inner: torch.nn.Module = den
+        elif pixel_ae is not None:
+            self.inner = PixelSpaceGuidedDenoiser(den, plan, pixel_ae)
+        else:
+            self.inner = UpsampleGuidedDenoiser(den, plan)
         self.context = torch.cat([cond, uncond])
         self.cfg = float(cfg)
 
@@ -136,8 +183,10 @@ def run_txt2img(
     sampler: str = DEFAULT_SAMPLER,
     batch: int = 16,
     progress: Callable[[int], None] | None = None,
+    pixel_space: bool = False,
 ) -> torch.Tensor:
-    """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring)."""
+    """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring);
+    ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`)."""
     den = make_denoiser(unet)  # type: ignore[arg-type]
     sigmas = latent_sigmas(sampler, steps).to(torch.float32)
     fn = _ks(sampler)
@@ -147,7 +196,8 @@ def run_txt2img(
         cond, uncond = _contexts(model, chunk)
         torch.manual_seed(seed + start)
         x = initial_noise(len(chunk), h, w, seed + start, channels=4) * sigmas[0]
-        outs.append(fn(CFGDenoiser(den, cond, uncond, cfg, plan), x, sigmas, disable=True))
+        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None)
+        outs.append(fn(cfg_den, x, sigmas, disable=True))
         if progress is not None:
             progress(len(chunk))
     return torch.cat(outs)
