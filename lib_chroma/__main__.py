@@ -1,4 +1,5 @@
-"""Command line: ``python -m lib_chroma {curves,demo,bench,train} …``.
+"""Command line: ``python -m lib_chroma {curves,demo,bench,train} …`` (``bench`` and ``train`` take
+``--model toy|latent``, default ``toy``).
 
 Bad arguments end with a one-line ``error: …`` message on stderr and exit status 2.
 """
@@ -16,9 +17,35 @@ from lib_chroma.schedule import MODEL_FAMILIES, SAMPLERS, SCHEDULERS
 # Sub-commands implemented by the toy-model package: (module, function taking argv).
 _TOY_COMMANDS = {
     "demo": ("lib_chroma.toy.demo", "demo_main", "run the embedded demo (toy model) into outputs/demo/"),
-    "bench": ("lib_chroma.toy.bench", "bench_main", "quality-and-cost benchmark on the toy model"),
-    "train": ("lib_chroma.toy.train", "train_main", "train the toy model (reproducible, seeded)"),
+    "bench": ("lib_chroma.toy.bench", "bench_main", "quality-and-cost benchmark on the toy model "
+              "(--model latent: the latent model)"),
+    "train": ("lib_chroma.toy.train", "train_main", "train the toy model (reproducible, seeded; "
+              "--model latent: the latent model)"),
 }
+#: The same sub-commands for ``--model latent`` (the SD-like latent reference model).
+_LATENT_COMMANDS = {
+    "bench": ("lib_chroma.toy.latent.bench", "bench_main"),
+    "train": ("lib_chroma.toy.latent.train", "train_main"),
+}
+MODELS = ("toy", "latent")
+
+
+def _pop_model(rest: list[str]) -> tuple[str, list[str]]:
+    """Take ``--model NAME`` / ``--model=NAME`` out of a toy command's arguments (default ``toy``)."""
+    out, model, i = [], "toy", 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--model" or a.startswith("--model="):
+            if a == "--model":
+                if i + 1 >= len(rest):
+                    raise ValueError(f"model: needs a value, one of {', '.join(MODELS)}")
+                model, i = rest[i + 1], i + 2
+            else:
+                model, i = a.split("=", 1)[1], i + 1
+            continue
+        out.append(a)
+        i += 1
+    return model, out
 
 
 def _int_list(text: str) -> list[int]:
@@ -91,13 +118,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     # toy commands parse their own options
     if argv and argv[0] in _TOY_COMMANDS:
         mod_name, func, _ = _TOY_COMMANDS[argv[0]]
+        rest = argv[1:]
+        if argv[0] in _LATENT_COMMANDS:
+            try:
+                model, rest = _pop_model(rest)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            if model not in MODELS:
+                print(f"error: model: must be one of {', '.join(MODELS)}, got {model!r}", file=sys.stderr)
+                return 2
+            if model == "latent":
+                mod_name, func = _LATENT_COMMANDS[argv[0]]
         try:
             fn = getattr(importlib.import_module(mod_name), func)
         except (ImportError, AttributeError) as exc:
             print(f"error: '{argv[0]}' is not available: {exc}", file=sys.stderr)
             return 2
         try:
-            return int(fn(argv[1:]) or 0)
+            return int(fn(rest) or 0)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -52,3 +52,23 @@ def test_bad_input_is_one_line_and_exit_2(args, field):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.lower().startswith(("warn", "  "))]
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}:"), proc.stderr
+
+
+def test_model_option_picks_the_latent_commands(monkeypatch):
+    import lib_chroma.toy.latent.train as latent_train
+    import lib_chroma.toy.train as toy_train
+
+    seen = []
+    monkeypatch.setattr(latent_train, "train_main", lambda argv: seen.append(("latent", argv)) or 0)
+    monkeypatch.setattr(toy_train, "train_main", lambda argv: seen.append(("toy", argv)) or 0)
+    assert main(["train", "--model", "latent", "--steps", "3"]) == 0
+    assert main(["train", "--steps", "4", "--model=toy"]) == 0
+    assert main(["train", "--steps", "5"]) == 0
+    assert seen == [("latent", ["--steps", "3"]), ("toy", ["--steps", "4"]), ("toy", ["--steps", "5"])]
+
+
+@pytest.mark.parametrize("args", [["train", "--model", "sdxl"], ["train", "--model"]])
+def test_unknown_model_is_one_line_and_exit_2(args, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: model:")

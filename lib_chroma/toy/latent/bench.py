@@ -1,0 +1,301 @@
+"""Benchmark of the latent model: ``python -m lib_chroma bench --model latent [--quick] [--out DIR]``.
+
+Every row samples ``n`` images with prompts naming all five attributes (:func:`text.prompt_set` with the run's
+seed: prompt ``i`` and noise seed ``seed + i`` in every row, so rows differ only by method), decodes them and
+scores them in pixels (:mod:`lib_chroma.toy.latent.scorer`): one object, two eyes (one object with exactly two
+eyes), proper face, each prompt attribute (fraction of images whose reading matches the prompt), all attributes
+at once, detail, blockiness on the ``m f``-pixel grid (``f = 4``; 1 = no grid imprint), and the colour shift
+``||mean RGB - mean RGB of the native samples||``.
+
+Native rows (``--native``): 16 x 16 latents (64 px) at each CFG scale and sampler: the ceiling every factor row
+is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--factors 2 3 4``:
+
+- ``native 64 px (reference)``: the first pass (the ceiling of this column);
+- ``plain``; ``upscale only`` (bilinear pixel upscale of the native samples, no diffusion);
+- ``hires fix`` (A1111's second pass on bilinearly upscaled latents) at A1111's default strength 0.70 and at
+  the chromatography strength (level m kept 90 % at the first hires sigma) for the latents' measured level-1
+  power ``P`` (``meta["level_power"]["1"]``, :func:`lib_chroma.toy.runs.hires_chroma_strength`);
+- guidance through :mod:`lib_chroma.guidance` inside the CFG (:data:`STANDARD_PLANS`): the library's defaults
+  (``GuidancePlan.build((m, m), sigmas=...)``), the paper's latent recipe (constant ``w = 1.2`` over the first
+  ``eta = 60 %`` and ``30 %`` of the steps), all steps at constant ``w = 1``, and any ``--plan`` given.
+
+``--plan`` takes ``key=value`` pairs: the :meth:`GuidancePlan.build` keywords ``scale``, ``shape``, ``q_end``,
+``operator``, ``grid``, ``power``, and ``eta`` (constant weight over the first ``eta`` of the steps) or
+``sigma_lo`` (from the start down to that sigma); ``coarse=1`` also guides one level coarser than native (the
+plan's levels become the factor's levels followed by ``(2, 2)``: the native-size prediction is itself guided by
+the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`); ``space=pixel`` makes the
+correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
+fixed grid, one level).
+
+Cost columns relative to plain sampling at the same size: model calls (batched CFG evaluations, any size),
+pixel-evaluations ``sum(rows h w)`` and wall time (sampling and decoding; scoring excluded). Rows run one
+after another, so wall ratios on a shared machine are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib_chroma.guidance import GuidancePlan, factor_levels
+
+from . import runs, scorer, text
+from .train import LatentModel, load_model
+
+DEFAULT_OUT = Path("outputs/latent_bench")
+F_DOWN = 4
+NATIVE_LATENT = 16
+SUMMARY_KEYS = ("one_object", "two_eyes", "proper_face", "attr_position", "attr_size", "attr_colour", "attr_eyes",
+                "attr_texture", "all_attrs", "detail")
+#: Default seeds: held out (training draws data from seeds 0-4 and per-step seeds; 2000+ are the tuning seeds).
+HELD_OUT_SEED = 5000
+TUNING_SEED = 2000
+
+#: The guided rows every factor gets: label -> plan spec (see :func:`make_plan`).
+STANDARD_PLANS: dict[str, dict[str, Any]] = {
+    "guidance, library defaults": {},
+    "guidance, paper's latent recipe (first 60 %, w=1.2)": {"scale": 1.2, "eta": 0.6},
+    "guidance, first 30 %, w=1.2": {"scale": 1.2, "eta": 0.3},
+    "guidance, all steps, constant w=1": {"scale": 1.0, "eta": 1.0},
+}
+PLAN_KEYS = ("scale", "shape", "q_end", "operator", "grid", "power", "eta", "sigma_lo", "coarse", "space")
+
+
+def parse_plan(spec: str) -> dict[str, Any]:
+    """``"scale=1.2,eta=0.6"`` -> ``{"scale": 1.2, "eta": 0.6}`` (keys :data:`PLAN_KEYS`)."""
+    out: dict[str, Any] = {}
+    for part in spec.split(","):
+        k, _, v = part.partition("=")
+        k, v = k.strip(), v.strip()
+        if k not in PLAN_KEYS or not v:
+            raise ValueError(f"plan: unknown or empty key {k!r} in {spec!r}; keys: {', '.join(PLAN_KEYS)}")
+        if k == "space" and v not in ("latent", "pixel"):
+            raise ValueError(f"plan: space must be latent or pixel, got {v!r}")
+        out[k] = v if k in ("shape", "operator", "grid", "space") else int(v) if k == "coarse" else float(v)
+    return out
+
+
+def make_plan(m: int, steps: int, sampler: str, spec: dict[str, Any]) -> GuidancePlan:
+    """The plan of a spec (:func:`parse_plan`) at factor ``m`` x ``m`` on the sampler's A1111 sigmas.
+
+    ``eta``: ``window="fraction", window_range=(0, eta)`` (constant weight); ``sigma_lo``: ``window="sigma",
+    window_range=(inf, sigma_lo)``; ``coarse=1``: levels ``factor_levels(m, m) + ((2, 2),)`` with the other
+    settings of the built plan."""
+    kw = {k: v for k, v in spec.items() if k not in ("eta", "sigma_lo", "coarse", "space")}
+    if "eta" in spec:
+        kw.update(window="fraction", window_range=(0.0, float(spec["eta"])))
+    elif "sigma_lo" in spec:
+        kw.update(window="sigma", window_range=(math.inf, float(spec["sigma_lo"])))
+    plan = runs.make_plan((m, m), steps, sampler, **kw)
+    if spec.get("coarse"):
+        plan = GuidancePlan(factor_levels(m, m) + ((2, 2),), plan.scale, plan.sigma_hi, plan.sigma_lo, plan.shape,
+                            plan.q_end, plan.operator, plan.power, plan.grid)
+    return plan
+
+
+def tile(imgs: torch.Tensor, cols: int = 8) -> Any:
+    """``(N, 3, H, W)`` images in ``[-1, 1]`` as one uint8 ``(rows H, cols W, 3)`` array, row-major, black fill."""
+    import numpy as np
+
+    n, _, h, w = imgs.shape
+    rows = -(-n // cols)
+    out = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    a = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        out[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = a[i]
+    return out
+
+
+#: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
+SAMPLES: dict[str, Any] = {"dir": None, "count": 16}
+
+
+def _save_samples(label: str, imgs: torch.Tensor) -> None:
+    if SAMPLES["dir"] is None or SAMPLES["count"] <= 0:
+        return
+    import re
+
+    from matplotlib.image import imsave
+
+    d = Path(SAMPLES["dir"])
+    d.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")[:80]
+    imsave(d / f"{name}.png", tile(imgs[:SAMPLES["count"]]))
+
+
+def _row(label: str, imgs: torch.Tensor, prompts: list[dict[str, str]], grid: int | None,
+         unet: runs.CountingUNet | None, seconds: float, tag: str = "") -> dict[str, Any]:
+    _save_samples(f"{tag} {label}", imgs)
+    s = scorer.summarize(scorer.score_images(imgs, (grid,) if grid else ()), prompts)
+    row: dict[str, Any] = {"method": label, **{k: s[k] for k in SUMMARY_KEYS}, "seconds": round(seconds, 1),
+                           "summary": s}
+    if grid:
+        row["blockiness"] = s[f"blockiness_{grid}"]
+    print(f"[{tag}] {_fmt(row)} seconds {row['seconds']}", flush=True)  # as it comes; the table follows
+    if unet is not None:
+        row["calls"] = sum(unet.calls.values())
+        row["pixel_evals"] = unet.pixel_evals
+        row["calls_by_size"] = {f"{h}x{w}": c for (h, w), c in unet.calls.items()}
+    return row
+
+
+def run_native(model: LatentModel, n: int, seed: int, cfgs: list[float], samplers: list[tuple[str, int]],
+               batch: int = 32) -> list[dict[str, Any]]:
+    """Native 64 px rows for every (sampler, steps) and CFG scale."""
+    prompts = text.prompt_set(n, seed)
+    unet = runs.CountingUNet(model.unet)
+    out = []
+    for sampler, steps in samplers:
+        for cfg in cfgs:
+            unet.reset()
+            t0 = time.time()
+            z = runs.run_txt2img(model, unet, prompts, NATIVE_LATENT, NATIVE_LATENT, steps, seed, cfg=cfg,
+                                 sampler=sampler, batch=batch)
+            imgs = runs.decode(model, z)
+            row = _row(f"native, {runs.a1111_label(sampler)} {steps} steps, CFG {cfg:g}", imgs, prompts, None,
+                       unet, time.time() - t0, tag=f"seed {seed}")
+            row.update(sampler=sampler, steps=steps, cfg=cfg, n=n, seed=seed)
+            out.append(row)
+    return out
+
+
+def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sampler: str, steps: int,
+               plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16) -> list[dict[str, Any]]:
+    """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
+    seeds, costs relative to ``plain``."""
+    prompts = text.prompt_set(n, seed)
+    unet = runs.CountingUNet(model.unet)
+    size, grid = NATIVE_LATENT * m, m * F_DOWN
+    tag = f"{m}x {sampler} {steps} cfg {cfg:g} seed {seed}"
+    rows = []
+    t0 = time.time()
+    low = runs.run_txt2img(model, unet, prompts, NATIVE_LATENT, NATIVE_LATENT, steps, seed, cfg=cfg,
+                           sampler=sampler, batch=batch)
+    t_native = time.time() - t0
+    native_img = runs.decode(model, low)
+    native = _row("native 64 px (reference)", native_img, prompts, None, unet, t_native, tag=tag)
+    rows.append(native)
+    unet.reset()
+    t0 = time.time()
+    z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, sampler=sampler, batch=batch)
+    rows.append(_row("plain", runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
+    if baselines:
+        t0 = time.time()
+        up = torch.nn.functional.interpolate(native_img, scale_factor=m, mode="bilinear", align_corners=False)
+        rows.append(_row("upscale only (bilinear pixels, no diffusion)", up, prompts, grid, None,
+                         t_native + time.time() - t0, tag=tag))
+        power = float(model.meta["level_power"]["1"])
+        s_chroma = runs.hires_chroma_strength(m, steps, sampler, power=power)
+        for strength, what in ((runs.A1111_HIRES_STRENGTH, "A1111 default"),
+                               (s_chroma, f"chromatography, latent power {power:.2f}")):
+            unet.reset()
+            t0 = time.time()
+            z = runs.run_hires(model, unet, low, prompts, size, size, steps, seed, strength=strength, cfg=cfg,
+                               sampler=sampler, batch=batch)
+            row = _row(f"hires fix {strength:.2f} ({what})", runs.decode(model, z), prompts, grid, unet,
+                       t_native + time.time() - t0, tag=tag)
+            row["calls"] += native["calls"]
+            row["pixel_evals"] += native["pixel_evals"]
+            rows.append(row)
+    sig = runs.latent_sigmas(sampler, steps)
+    for label, spec in plans.items():
+        plan = make_plan(m, steps, sampler, spec)
+        unet.reset()
+        t0 = time.time()
+        z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
+                             batch=batch, pixel_space=spec.get("space") == "pixel")
+        row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag)
+        row["plan"] = {"spec": spec, "levels": plan.levels, "scale": plan.scale, "shape": plan.shape,
+                       "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
+                       "window_steps": plan.window_steps(sig)}
+        rows.append(row)
+    plain = rows[1]
+    for r in rows:
+        r.update(factor=m, sampler=sampler, steps=steps, cfg=cfg, n=n, seed=seed)
+        r["colour_shift"] = scorer.colour_shift(r["summary"], native["summary"])
+        if "calls" in r:
+            r["calls_x"] = r["calls"] / plain["calls"]
+            r["pixel_evals_x"] = r["pixel_evals"] / plain["pixel_evals"]
+        r["wall_x"] = r["seconds"] / plain["seconds"]
+        print(_fmt(r), flush=True)
+    return rows
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    parts = [f"{row['method']}:"] + [f"{k.replace('attr_', '')} {row[k]:.3f}" for k in SUMMARY_KEYS]
+    for k in ("blockiness", "colour_shift", "calls_x", "pixel_evals_x", "wall_x"):
+        if k in row:
+            parts.append(f"{k} {row[k]:.3f}")
+    return " ".join(parts)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of the rows."""
+    cols = ["method", *SUMMARY_KEYS, "blockiness", "colour_shift", "calls_x", "pixel_evals_x", "wall_x"]
+    out = ["| " + " | ".join(c.replace("attr_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r["method"]] + [("" if c not in r else f"{r[c]:.2f}" if c not in ("colour_shift", "blockiness")
+                                  else f"{r[c]:.3f}") for c in cols[1:]]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """CLI entry (module docstring); returns the exit status."""
+    p = argparse.ArgumentParser(prog="python -m lib_chroma bench --model latent",
+                                description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--n", type=int, default=128)
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED,
+                   help=f"first seed (held out: {HELD_OUT_SEED}; tuning seeds start at {TUNING_SEED})")
+    p.add_argument("--cfg", type=float, nargs="+", default=[5.0])
+    p.add_argument("--sampler", default=runs.DEFAULT_SAMPLER, help="k-diffusion name: dpmpp_2m, euler_ancestral")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--factors", type=int, nargs="+", default=[2])
+    p.add_argument("--native", action="store_true", help="native rows only: CFG scales x (DPM++ 2M 20, Euler a 30)")
+    p.add_argument("--plan", action="append", default=[], metavar="K=V,...", help="an extra guided row")
+    p.add_argument("--only-plans", action="store_true", help="no standard guided rows, only --plan rows")
+    p.add_argument("--no-baselines", action="store_true", help="no upscale and hires rows")
+    p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    extra = {f"plan {t}": parse_plan(t) for t in args.plan}
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    torch.set_num_threads(args.threads)
+    model = load_model(args.weights)
+    SAMPLES.update(dir=args.out / "samples", count=args.images)
+    n, steps, factors = (8, 6, [2]) if args.quick else (args.n, args.steps, args.factors)
+    t0 = time.time()
+    if args.native:
+        rows = run_native(model, n, args.seed, args.cfg, [("dpmpp_2m", 20), ("euler_ancestral", 30)])
+        name = "native"
+    else:
+        plans = {**({} if args.only_plans else STANDARD_PLANS), **extra}
+        rows = []
+        for m in factors:
+            for cfg in args.cfg:
+                rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
+                                   baselines=not args.no_baselines)
+        name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r.pop("summary", None)
+    record = {"args": {k: str(v) for k, v in vars(args).items()}, "n": n, "wall_s": round(time.time() - t0, 1),
+              "threads": args.threads, "rows": rows}
+    (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    (args.out / f"{name}.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(bench_main())

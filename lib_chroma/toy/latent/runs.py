@@ -1,0 +1,261 @@
+"""Sampling the latent model as the WebUI samples SD: k-diffusion samplers, A1111 sigmas, batched CFG, and upsample
+guidance inside the CFG through :mod:`lib_chroma.guidance`.
+
+The eps-UNet is wrapped like SD in A1111: ``k_diffusion.external.DiscreteEpsDDPMDenoiser`` over SD's
+scaled-linear ``alphas_cumprod`` (:func:`lib_chroma.toy.sampling.make_denoiser`): ``denoised = x - sigma
+eps(x / sqrt(1 + sigma²), t(sigma), context)``. Classifier-free guidance is A1111's ``CFGDenoiser``: one
+batched call on ``x_in = cat([x, x])``, ``sigma_in = cat([sigma, sigma])`` with context ``cat([cond, uncond])``,
+then ``uncond + cfg (cond - uncond)``. Upsample guidance sits *inside* the CFG, on that batched call, as the
+WebUI adapter's ``on_cfg_denoised`` applies it: :class:`lib_chroma.guidance.UpsampleGuidedDenoiser` corrects
+both halves, and its low-resolution call ``den(D(x_in), sigma_in / m, context=cat([cond, uncond]))`` gets the
+same contexts.
+
+Methods (every one starts from the same per-sample noise, sample ``i`` from seed ``seed + i``
+(:func:`lib_chroma.toy.sampling.initial_noise`), and gets the same prompt ``prompts[i]``):
+
+- :func:`run_txt2img`: plain (``plan=None``) or guided sampling at any latent size on the sigmas A1111 gives
+  the sampler with the "Automatic" scheduler (:func:`lib_chroma.toy.runs.toy_sigmas`: DPM++ 2M -> Karras,
+  Euler / Euler a -> the discrete schedule).
+- :func:`run_hires`: A1111's hires fix second pass: bilinear latent upscale of first-pass latents ("Latent"
+  upscaler), re-noised to the first sigma of ``img2img_sigmas(..., strength, fixed_steps=True)``, then
+  ``steps`` sampler steps.
+
+:class:`PixelSpaceGuidedDenoiser` is an experiment, not the library's rule: the same low-resolution call on the
+pooled latent, but the correction is made on the decoded images and brought back through the encoder (see its
+docstring); it needs the autoencoder inside the sampling loop, which the WebUI adapter does not have.
+
+:class:`CountingUNet` counts model calls (one per batched CFG evaluation) and pixel-evaluations
+``sum(rows * h * w)`` at each latent size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, unpool
+from lib_chroma.schedule import img2img_sigmas
+from lib_chroma.toy.runs import (
+    A1111_HIRES_STRENGTH,
+    DEFAULT_SAMPLER,
+    a1111_label,
+    hires_chroma_strength,
+    toy_schedule,
+    toy_sigmas,
+)
+from lib_chroma.toy.sampling import initial_noise, make_denoiser
+
+from .text import prompt_text
+from .train import LatentModel
+
+__all__ = [
+    "A1111_HIRES_STRENGTH", "DEFAULT_SAMPLER", "hires_chroma_strength", "a1111_label", "CountingUNet",
+    "CFGDenoiser", "PixelSpaceGuidedDenoiser", "latent_sigmas", "make_plan",
+    "run_txt2img", "run_hires", "decode", "upscale_latents",
+]
+
+
+class CountingUNet(torch.nn.Module):
+    """Wraps the eps-UNet ``(x, t, context) -> eps``; counts calls and pixel-evaluations per latent size."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.calls: dict[tuple[int, int], int] = {}
+        self.pixel_evals = 0
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        self.calls = {}
+        self.pixel_evals = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        key = (int(x.shape[-2]), int(x.shape[-1]))
+        self.calls[key] = self.calls.get(key, 0) + 1
+        self.pixel_evals += int(x.shape[0]) * key[0] * key[1]
+        return self.unet(x, t, context)
+
+
+class PixelSpaceGuidedDenoiser(torch.nn.Module):
+    """Upsample guidance with the correction made in pixel space (one level, ``m`` x ``m``, fixed grid).
+
+    With ``G`` the decoder, ``E`` the encoder (posterior mean, scaled) and ``D_p``, ``U_p`` the ``m`` x ``m``
+    average pooling and bilinear upsampling of *pixels*:
+
+        d_low = den(D(x), sigma / m)                         (the library's low-resolution call, unchanged)
+        img = G(denoised),   img' = img + U_p(G(d_low) - D_p(img))
+        denoised' = denoised + w (E(img') - E(img))
+
+    so the coarse part of the decoded prediction is replaced by the decoded low-resolution prediction, and the
+    change goes back through the encoder (``E(img)`` is subtracted so that the autoencoder's round-trip error
+    does not enter). The weight ``w`` and the window are the plan's (level 0). Pooling latents does not commute
+    with the decoder (``G(D z) != D_p G(z)``); this form pools only pixels. Cost per guided step: one
+    low-resolution model call plus two decodes and two encodes of the batch."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], plan: GuidancePlan, ae: torch.nn.Module) -> None:
+        super().__init__()
+        if len(plan.levels) != 1:
+            raise ValueError(f"plan: pixel-space guidance takes one level, got {plan.levels}")
+        self.inner = model
+        self.plan = plan
+        self.ae = ae
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # noqa: D102
+        denoised = self.inner(x, sigma, **kwargs)
+        w = torch.tensor([self.plan.weight(0, float(s)) for s in sigma.reshape(-1)], dtype=x.dtype)
+        if not bool((w != 0).any()):
+            return denoised
+        mh, mw = self.plan.levels[0]
+        d_low = self.inner(pool(x, mh, mw), sigma / math.sqrt(mh * mw), **kwargs)
+        img, img_low = self.ae.decode(denoised), self.ae.decode(d_low)
+        corr = unpool(img_low - pool(img, mh, mw), mh, mw, (img.shape[-2], img.shape[-1]), "bilinear")
+        delta = self.ae.encode(img + corr) - self.ae.encode(img)
+        return denoised + w.view(-1, 1, 1, 1) * delta
+
+
+class CFGDenoiser(torch.nn.Module):
+    """A1111's CFG on a k-diffusion denoiser ``den(x, sigma, context=...) -> x0``:
+    ``out = inner(cat([x, x]), cat([sigma, sigma]), context=cat([cond, uncond]))``, ``inner = den`` or
+    ``UpsampleGuidedDenoiser(den, plan)`` (``PixelSpaceGuidedDenoiser(den, plan, pixel_ae)`` with
+    ``pixel_ae``); returns ``out_u + cfg (out_c - out_u)``."""
+
+    def __init__(self, den: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
+                 plan: GuidancePlan | None = None, pixel_ae: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        if cond.shape != uncond.shape:
+            raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond {tuple(cond.shape)}")
+        if plan is None:
+            self.inner: torch.nn.Module = den
+        elif pixel_ae is not None:
+            self.inner = PixelSpaceGuidedDenoiser(den, plan, pixel_ae)
+        else:
+            self.inner = UpsampleGuidedDenoiser(den, plan)
+        self.context = torch.cat([cond, uncond])
+        self.cfg = float(cfg)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[0] * 2 != self.context.shape[0]:
+            raise ValueError(f"x: {x.shape[0]} rows for {self.context.shape[0] // 2} prompts")
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        out = self.inner(torch.cat([x, x]), torch.cat([s, s]), context=self.context)
+        cond, uncond = out.chunk(2)
+        return uncond + self.cfg * (cond - uncond)
+
+
+def latent_sigmas(sampler: str, steps: int) -> torch.Tensor:
+    """The sigmas A1111 gives ``sampler`` (k-diffusion name) with its "Automatic" scheduler on SD's schedule."""
+    return toy_sigmas(sampler, steps)
+
+
+def make_plan(factor: tuple[int, int], steps: int, sampler: str = DEFAULT_SAMPLER, **kw: Any) -> GuidancePlan:
+    """``GuidancePlan.build(factor, sigmas=<the sampler's sigmas>, **kw)``."""
+    return GuidancePlan.build(factor, sigmas=latent_sigmas(sampler, steps), **kw)
+
+
+def _ks(sampler: str) -> Callable[..., torch.Tensor]:
+    import k_diffusion.sampling as ks
+
+    a1111_label(sampler)
+    return getattr(ks, f"sample_{sampler}")
+
+
+def _contexts(model: LatentModel, prompts: Sequence[dict[str, str] | str]) -> tuple[torch.Tensor, torch.Tensor]:
+    texts = [p if isinstance(p, str) else prompt_text(p) for p in prompts]
+    with torch.no_grad():
+        return model.text.encode(texts), model.text.encode([""] * len(texts))
+
+
+@torch.no_grad()
+def run_txt2img(
+    model: LatentModel,
+    unet: CountingUNet,
+    prompts: Sequence[dict[str, str] | str],
+    h: int,
+    w: int,
+    steps: int,
+    seed: int,
+    cfg: float = 5.0,
+    plan: GuidancePlan | None = None,
+    sampler: str = DEFAULT_SAMPLER,
+    batch: int = 16,
+    progress: Callable[[int], None] | None = None,
+    pixel_space: bool = False,
+) -> torch.Tensor:
+    """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring);
+    ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`)."""
+    den = make_denoiser(unet)  # type: ignore[arg-type]
+    sigmas = latent_sigmas(sampler, steps).to(torch.float32)
+    fn = _ks(sampler)
+    outs = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start:start + batch]
+        cond, uncond = _contexts(model, chunk)
+        torch.manual_seed(seed + start)
+        x = initial_noise(len(chunk), h, w, seed + start, channels=4) * sigmas[0]
+        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None)
+        outs.append(fn(cfg_den, x, sigmas, disable=True))
+        if progress is not None:
+            progress(len(chunk))
+    return torch.cat(outs)
+
+
+def upscale_latents(z: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A1111's "Latent" upscaler: bilinear, ``align_corners=False``, no antialias."""
+    return F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def run_hires(
+    model: LatentModel,
+    unet: CountingUNet,
+    low: torch.Tensor,
+    prompts: Sequence[dict[str, str] | str],
+    h: int,
+    w: int,
+    steps: int,
+    seed: int,
+    strength: float = A1111_HIRES_STRENGTH,
+    cfg: float = 5.0,
+    sampler: str = DEFAULT_SAMPLER,
+    batch: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Hires-fix second pass on first-pass latents ``low``: ``x = upscale(low) + sigmas[0] noise`` (noise of the
+    same seeds at the output size), then the sampler on ``img2img_sigmas(label, "Automatic", steps, strength,
+    fixed_steps=True)`` (``steps`` model calls)."""
+    den = make_denoiser(unet)  # type: ignore[arg-type]
+    sig = img2img_sigmas(a1111_label(sampler), "Automatic", steps, strength, toy_schedule(), fixed_steps=True)
+    sig = sig.to(torch.float32)
+    fn = _ks(sampler)
+    outs = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start:start + batch]
+        cond, uncond = _contexts(model, chunk)
+        torch.manual_seed(seed + start)
+        x = upscale_latents(low[start:start + len(chunk)], h, w)
+        x = x + initial_noise(len(chunk), h, w, seed + start, channels=4) * sig[0]
+        outs.append(fn(CFGDenoiser(den, cond, uncond, cfg), x, sig, disable=True))
+        if progress is not None:
+            progress(len(chunk))
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def decode(model: LatentModel, z: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """RGB images ``(N, 3, 4h, 4w)`` of scaled latents, clamped to ``[-1, 1]``."""
+    return torch.cat([model.ae.decode(z[i:i + batch]).clamp(-1, 1) for i in range(0, z.shape[0], batch)])
+
+
+def expected_pixel_evals(plan: GuidancePlan, sigmas: torch.Tensor) -> float:
+    """Pixel-evaluations of guided sampling relative to plain (first-order sampler, one call per step):
+    ``1 + sum_levels (active steps of the level / N) / M²`` with ``M²`` the level's cumulative area factor."""
+    s = sigmas.tolist()
+    n = len(s) - 1
+    extra = 0.0
+    for k, mcum in enumerate(plan.cumulative):
+        extra += sum(1 for i in range(n) if plan.weight(k, s[i]) != 0.0) / n / mcum**2
+    return 1.0 + extra if not math.isnan(extra) else math.nan

@@ -1,0 +1,346 @@
+"""Ground-truth scorer of decoded latent-model images at any resolution: geometry, attributes, detail, colour.
+
+Images are ``(3, H, W)`` or ``(N, 3, H, W)`` RGB arrays or tensors in ``[-1, 1]``. Geometry is measured in
+base units (:mod:`lib_chroma.toy.latent.data`): pixel coordinates over ``sy = H / BASE``, ``sx = W / BASE``.
+``vmax = max(R, G, B)`` separates background, face and eyes (see the data module).
+
+Per image (:class:`ImageScore`):
+
+- objects: 8-connected components of ``vmax > OBJECT_THR`` (halfway between the data's background maximum
+  and face minimum), closed by a 3 x 3 square, holes filled; those of at least ``MIN_OBJECT_AREA`` units²
+  (0.3 of the smallest face) are objects, smaller ones ``specks``.
+- main (largest) object: ``radius = sqrt(area / pi)``, ``aspect = sqrt(l1 / l2)`` of its second moments,
+  ``extent`` = farthest pixel from the centroid over the radius; ``round_ok``: ``aspect <= 1.3``,
+  ``extent <= 1.35`` and not cut by the border (contact with any border at most 0.8 radii), as the pixel
+  toy's scorer.
+- eyes: 4-connected components of ``vmax < face - EYE_DEPTH (face - EYE_MAX)`` (``face`` the median vmax of
+  the face's light pixels; ``EYE_DEPTH = 0.4``: darker than the face by 40 % of the face-to-eye contrast, which
+  still reads the slightly lightened eyes an f = 4 decoder draws) inside the object's orthogonal hull, of at
+  least 15 % of the nominal round-eye area for that radius. ``eyes_ok``: exactly two, one each side of the
+  centre, both above it, level (``|dy| < 0.35 r``), ``0.5 r .. 1.4 r`` apart, areas within 3x.
+- ``proper_face = n_objects == 1 and round_ok and eyes_ok``.
+- attributes (``attrs``; ``None`` when there is nothing to read):
+  ``position`` from the main object's centroid ``cx`` against :data:`data.POSITION_SPLITS`;
+  ``size`` from its radius against :data:`data.SIZE_SPLIT`;
+  ``colour``: the named colour nearest (Euclidean, RGB) to the median colour of the face's own light pixels;
+  ``eyes``: ``slit`` if the eyes' mean second-moment aspect ``sqrt(l1 / l2)`` exceeds ``EYE_ASPECT_SPLIT``;
+  ``texture`` from the background (pixels at least 2 units from any light component and 2 px from the
+  border) luminance ``L``: ``stripes`` when the coherence of its summed structure tensor
+  ``J = sum grad L grad L^T``, ``sqrt((Jxx - Jyy)² + 4 Jxy²) / (Jxx + Jyy)``, exceeds ``COHERENCE_SPLIT``;
+  else ``dots`` when the skewness of ``L`` minus its masked local mean (box of ``~11`` units) exceeds
+  ``SKEW_SPLIT``; else ``noise``.
+- ``detail``: background high-frequency energy ``mean((x - box3(x))²)`` over that of the data rendered at
+  this ``H x W`` (1 = as detailed as the data).
+- ``blockiness[g]``: :func:`lib_chroma.toy.scorer.blockiness` on a ``g x g`` pixel grid.
+- ``mean_rgb``: the image's mean colour; ``face_rgb``: the face colour read above (NaN without a face).
+  :func:`colour_shift` compares batches by these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from lib_chroma.toy.morph import box3, close, dilate, erode, fill_holes, label, ortho_hull
+from lib_chroma.toy.scorer import blockiness
+
+from . import data
+
+OBJECT_THR = 0.5 * (data.BG_MAX + data.FACE_MIN)
+MIN_OBJECT_AREA = 0.3 * math.pi * data.RADIUS["small"][0] ** 2
+MAX_ASPECT = 1.3
+MAX_EXTENT = 1.35
+MAX_BORDER_CONTACT = 0.8
+EYE_ASPECT_SPLIT = 1.45
+EYE_DEPTH = 0.4
+COHERENCE_SPLIT = 0.5
+SKEW_SPLIT = 0.8
+TEXTURE_WINDOW = 11.0
+_PROTOS = np.asarray(list(data.COLOURS.values()))
+_NAMES = list(data.COLOURS)
+
+
+@dataclasses.dataclass
+class ImageScore:
+    """Scores of one image; geometric fields are NaN / -1 and attributes ``None`` when there is no object."""
+
+    n_objects: int
+    n_specks: int
+    n_eyes: int
+    radius: float
+    aspect: float
+    extent: float
+    round_ok: bool
+    eyes_ok: bool
+    proper_face: bool
+    eye_aspect: float
+    coherence: float
+    skew: float
+    attrs: dict[str, str | None]
+    detail: float
+    blockiness: dict[str, float]
+    mean_rgb: tuple[float, float, float]
+    face_rgb: tuple[float, float, float]
+
+
+def _as_numpy(images: object) -> np.ndarray:
+    """Tensor or array to float64 numpy ``(N, 3, H, W)``."""
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()  # type: ignore[attr-defined]
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images: expected (3,H,W) or (N,3,H,W), got shape {x.shape}")
+    return x
+
+
+def _moments(ys: np.ndarray, xs: np.ndarray, sy: float, sx: float) -> tuple[float, float, float]:
+    """Centroid ``(cx, cy)`` in units and aspect ``sqrt(l1 / l2)`` of the pixel set's second moments."""
+    v, u = (ys + 0.5) / sy, (xs + 0.5) / sx
+    if len(u) < 2:
+        return float(u.mean()), float(v.mean()), 1.0
+    ev = np.linalg.eigvalsh(np.cov(np.stack([u, v])) + np.eye(2) / (12 * sx * sy))
+    return float(u.mean()), float(v.mean()), float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
+
+
+def eyes_placed_like_a_face(eyes: list[tuple[float, float, float]], cx: float, cy: float, r: float) -> bool:
+    """Two eyes ``(x, y, area)`` in units: one each side of ``cx``, both above ``cy``, ``|y1 - y2| < 0.35 r``,
+    ``0.5 r < x2 - x1 < 1.4 r`` and areas within a factor 3."""
+    if len(eyes) != 2:
+        return False
+    (x1, y1, a1), (x2, y2, a2) = sorted(eyes)
+    return (
+        x1 < cx < x2
+        and y1 < cy
+        and y2 < cy
+        and abs(y1 - y2) < 0.35 * r
+        and 0.5 * r < x2 - x1 < 1.4 * r
+        and 1 / 3 < a1 / a2 < 3
+    )
+
+
+def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a ``(2k+1)^2`` box with zero padding (separable cumulative sums)."""
+    p = np.pad(x, k)
+    c = np.cumsum(np.pad(p, ((1, 0), (0, 0))), axis=0)
+    p = c[2 * k + 1 :] - c[: -2 * k - 1]
+    c = np.cumsum(np.pad(p, ((0, 0), (1, 0))), axis=1)
+    return c[:, 2 * k + 1 :] - c[:, : -2 * k - 1]
+
+
+def texture_features(lum: np.ndarray, bg: np.ndarray, sy: float, sx: float) -> tuple[float, float]:
+    """``(coherence, skew)`` of the background luminance (see the module docstring); NaN without background."""
+    inner = erode(bg, 1)
+    if inner.sum() < 16:
+        return math.nan, math.nan
+    gy, gx = np.gradient(lum)
+    gx, gy = gx[inner] * sx, gy[inner] * sy
+    jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
+    coh = math.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / max(jxx + jyy, 1e-12)
+    k = max(1, round(0.5 * TEXTURE_WINDOW * math.sqrt(sx * sy)))
+    m = bg.astype(np.float64)
+    local = _box_mean(lum * m, k) / np.maximum(_box_mean(m, k), 1e-9)
+    hp = (lum - local)[inner]
+    sd = float(hp.std())
+    skew = float(((hp - hp.mean()) ** 3).mean() / sd**3) if sd > 1e-6 else 0.0
+    return coh, skew
+
+
+def _texture_class(coh: float, skew: float) -> str | None:
+    if math.isnan(coh):
+        return None
+    if coh > COHERENCE_SPLIT:
+        return "stripes"
+    return "dots" if skew > SKEW_SPLIT else "noise"
+
+
+@dataclasses.dataclass
+class _Raw:
+    """Measurements of one image before normalising by the data's statistics."""
+
+    n_objects: int
+    n_specks: int
+    n_eyes: int
+    radius: float
+    aspect: float
+    extent: float
+    inside: bool
+    eyes_ok: bool
+    eye_aspect: float
+    coherence: float
+    skew: float
+    cx: float
+    face_rgb: tuple[float, float, float]
+    detail_raw: float
+
+
+def _measure(img: np.ndarray) -> _Raw:
+    """Segment, read and measure one ``(3, H, W)`` image."""
+    _, h, w = img.shape
+    sy, sx = h / data.BASE, w / data.BASE
+    s = math.sqrt(sx * sy)
+    vmax = img.max(0)
+    lum = img.mean(0)
+    lab, n = label(vmax > OBJECT_THR, conn8=True)
+    comps = []
+    any_light = np.zeros((h, w), dtype=bool)
+    for k in range(1, n + 1):
+        filled = fill_holes(close(lab == k))
+        any_light |= filled
+        comps.append((filled.sum() / (sx * sy), filled, lab == k))
+    objects = sorted((c for c in comps if c[0] >= MIN_OBJECT_AREA), key=lambda c: -c[0])
+    bg = ~dilate(any_light, max(1, math.ceil(2 * s)))
+    bg[:2], bg[-2:], bg[:, :2], bg[:, -2:] = False, False, False, False
+    hp2 = ((img - box3(img)) ** 2).mean(0)
+    detail_raw = float(hp2[bg].mean()) if bg.any() else math.nan
+    coh, skew = texture_features(lum, bg, sy, sx)
+    nan3 = (math.nan, math.nan, math.nan)
+    if not objects:
+        return _Raw(0, len(comps), -1, math.nan, math.nan, math.nan, False, False, math.nan, coh, skew, math.nan,
+                    nan3, detail_raw)
+    area, filled, light = objects[0]
+    yy, xx = np.nonzero(filled)
+    cx, cy, aspect = _moments(yy, xx, sy, sx)
+    radius = math.sqrt(area / math.pi)
+    extent = float(np.sqrt(((xx + 0.5) / sx - cx) ** 2 + ((yy + 0.5) / sy - cy) ** 2).max() / radius)
+    contact = max(filled[0].sum() / sx, filled[-1].sum() / sx, filled[:, 0].sum() / sy, filled[:, -1].sum() / sy)
+    core = erode(light, 1)
+    face_px = img[:, core] if core.any() else img[:, light]
+    face_rgb = tuple(float(v) for v in np.median(face_px, axis=1))
+    face_v = float(np.median(vmax[light]))
+    dark = ortho_hull(filled) & (vmax < face_v - EYE_DEPTH * (face_v - data.EYE_MAX))
+    elab, en = label(dark, conn8=False)
+    e = data.eye_layout(radius)[2]
+    min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * e**2)
+    eyes, aspects = [], []
+    for k in range(1, en + 1):
+        ey, ex = np.nonzero(elab == k)
+        a = len(ey) / (sx * sy)
+        if a >= min_eye:
+            mx, my, asp = _moments(ey, ex, sy, sx)
+            eyes.append((mx, my, a))
+            aspects.append(asp)
+    return _Raw(
+        n_objects=len(objects),
+        n_specks=len(comps) - len(objects),
+        n_eyes=len(eyes),
+        radius=radius,
+        aspect=aspect,
+        extent=extent,
+        inside=bool(contact <= MAX_BORDER_CONTACT * radius),
+        eyes_ok=eyes_placed_like_a_face(eyes, cx, cy, radius),
+        eye_aspect=float(np.mean(aspects)) if aspects else math.nan,
+        coherence=coh,
+        skew=skew,
+        cx=cx,
+        face_rgb=face_rgb,  # type: ignore[arg-type]
+        detail_raw=detail_raw,
+    )
+
+
+def read_attributes(raw: _Raw) -> dict[str, str | None]:
+    """The five attributes as read from the measurements (``None`` where there is nothing to read)."""
+    out: dict[str, str | None] = {"position": None, "size": None, "colour": None, "eyes": None}
+    if raw.n_objects:
+        lo, hi = data.POSITION_SPLITS
+        out["position"] = "left" if raw.cx < lo else ("right" if raw.cx > hi else "centre")
+        out["size"] = "large" if raw.radius > data.SIZE_SPLIT else "small"
+        out["colour"] = _NAMES[int(np.argmin(((_PROTOS - np.asarray(raw.face_rgb)) ** 2).sum(1)))]
+        if not math.isnan(raw.eye_aspect):
+            out["eyes"] = "slit" if raw.eye_aspect > EYE_ASPECT_SPLIT else "round"
+    out["texture"] = _texture_class(raw.coherence, raw.skew)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def reference_detail(h: int, w: int, n: int = 64, seed: int = 20260) -> float:
+    """Mean raw background high-frequency energy of ``n`` data images rendered at ``h x w``."""
+    x, _ = data.make_batch(n, seed, h, w)
+    return float(np.nanmean([_measure(img.astype(np.float64)).detail_raw for img in x]))
+
+
+def _grid_key(g: int | tuple[int, int]) -> str:
+    return str(g) if isinstance(g, int) else f"{g[0]}x{g[1]}"
+
+
+def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> ImageScore:
+    """Score one ``(3, H, W)`` image; ``grids``: pixel block sizes for blockiness (e.g. ``(8,)`` at 2x, f=4)."""
+    x = _as_numpy(img)[0]
+    _, h, w = x.shape
+    raw = _measure(x)
+    round_ok = bool(raw.n_objects >= 1 and raw.aspect <= MAX_ASPECT and raw.extent <= MAX_EXTENT and raw.inside)
+    return ImageScore(
+        n_objects=raw.n_objects,
+        n_specks=raw.n_specks,
+        n_eyes=raw.n_eyes,
+        radius=raw.radius,
+        aspect=raw.aspect,
+        extent=raw.extent,
+        round_ok=round_ok,
+        eyes_ok=raw.eyes_ok,
+        proper_face=bool(raw.n_objects == 1 and round_ok and raw.eyes_ok),
+        eye_aspect=raw.eye_aspect,
+        coherence=raw.coherence,
+        skew=raw.skew,
+        attrs=read_attributes(raw),
+        detail=raw.detail_raw / reference_detail(h, w),
+        blockiness={_grid_key(g): blockiness(x, g) for g in grids},
+        mean_rgb=tuple(float(v) for v in x.mean(axis=(1, 2))),  # type: ignore[arg-type]
+        face_rgb=raw.face_rgb,
+    )
+
+
+def score_images(images: object, grids: Sequence[int | tuple[int, int]] = ()) -> list[ImageScore]:
+    """Score every image of an ``(N, 3, H, W)`` batch."""
+    return [score_image(img, grids) for img in _as_numpy(images)]
+
+
+def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | None = None) -> dict[str, float]:
+    """Rates and means over a batch.
+
+    ``one_object``, ``two_eyes``, ``proper_face`` are fractions of all images; with ``targets`` (the
+    attributes each image was asked for; a missing key is not scored), ``attr_<name>`` is the fraction of the
+    images asked for that attribute whose reading matches, and ``all_attrs`` the fraction matching every
+    attribute asked for. ``detail`` and ``mean_r/g/b``, ``face_r/g/b`` are means (NaNs skipped);
+    ``blockiness_<g>`` the mean per grid.
+    """
+    n = len(scores)
+    out: dict[str, float] = {"n": float(n)}
+    if n == 0:
+        return out
+
+    def rate(pred: object) -> float:
+        return float(np.mean([bool(pred(s)) for s in scores]))  # type: ignore[operator]
+
+    out["one_object"] = rate(lambda s: s.n_objects == 1)
+    out["two_eyes"] = rate(lambda s: s.n_objects == 1 and s.n_eyes == 2)
+    out["proper_face"] = rate(lambda s: s.proper_face)
+    if targets is not None:
+        if len(targets) != n:
+            raise ValueError(f"targets: need one per score ({n}), got {len(targets)}")
+        for key in data.ATTRIBUTES:
+            hits = [s.attrs[key] == t[key] for s, t in zip(scores, targets) if key in t]
+            if hits:
+                out[f"attr_{key}"] = float(np.mean(hits))
+        out["all_attrs"] = float(np.mean([all(s.attrs[k] == v for k, v in t.items())
+                                          for s, t in zip(scores, targets)]))
+    det = np.array([s.detail for s in scores])
+    out["detail"] = float(np.nanmean(det)) if np.isfinite(det).any() else math.nan
+    for key in scores[0].blockiness:
+        out[f"blockiness_{key}"] = float(np.mean([s.blockiness[key] for s in scores]))
+    for i, c in enumerate("rgb"):
+        out[f"mean_{c}"] = float(np.mean([s.mean_rgb[i] for s in scores]))
+        face = np.array([s.face_rgb[i] for s in scores])
+        out[f"face_{c}"] = float(np.nanmean(face)) if np.isfinite(face).any() else math.nan
+    return out
+
+
+def colour_shift(summary: dict[str, float], reference: dict[str, float]) -> float:
+    """Euclidean distance between the batches' mean image colours, ``||mean_rgb - mean_rgb_ref||`` (RGB in
+    ``[-1, 1]``; e.g. a method's samples against native samples of the same prompts)."""
+    return float(math.sqrt(sum((summary[f"mean_{c}"] - reference[f"mean_{c}"]) ** 2 for c in "rgb")))

@@ -1,0 +1,88 @@
+"""The latent benchmark's plan specs and rows, on a tiny untrained model (seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lib_chroma.guidance import DEFAULT_Q_END, DEFAULT_SCALE, GuidancePlan
+from lib_chroma.toy.latent import bench, runs
+from lib_chroma.toy.latent.autoencoder import AutoEncoder
+from lib_chroma.toy.latent.text import TextEncoder
+from lib_chroma.toy.latent.train import LatentModel
+from lib_chroma.toy.latent.unet import LatentUNet
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LatentModel:
+    torch.manual_seed(0)
+    unet = LatentUNet(channels=(8, 8, 8), ctx_dim=8, temb=16)
+    meta = {"scale_factor": 1.0, "level_power": {"1": 0.9, "2": 0.5, "4": 0.4, "8": 0.2}}
+    return LatentModel(AutoEncoder(), TextEncoder(width=8, layers=1), unet, meta).eval()
+
+
+def test_parse_plan_types_and_errors() -> None:
+    assert bench.parse_plan("scale=1.2,eta=0.6") == {"scale": 1.2, "eta": 0.6}
+    assert bench.parse_plan("grid=fixed, coarse=1, q_end=0.9") == {"grid": "fixed", "coarse": 1, "q_end": 0.9}
+    for bad in ("speed=2", "scale=", "scale"):
+        with pytest.raises(ValueError, match="plan:"):
+            bench.parse_plan(bad)
+
+
+def test_standard_plans_are_the_library_default_and_the_paper_windows() -> None:
+    sig = runs.latent_sigmas("dpmpp_2m", 20)
+    default = bench.make_plan(2, 20, "dpmpp_2m", bench.STANDARD_PLANS["guidance, library defaults"])
+    assert default == runs.make_plan((2, 2), 20)
+    assert default.scale == DEFAULT_SCALE and default.q_end == DEFAULT_Q_END and default.shape == "hold"
+    paper = bench.make_plan(2, 20, "dpmpp_2m", {"scale": 1.2, "eta": 0.6})
+    assert paper.active_steps(sig) == list(range(12)) and paper.weight(0, float(sig[0])) == 1.2
+    assert bench.make_plan(2, 20, "dpmpp_2m", {"eta": 0.3}).active_steps(sig) == list(range(6))
+    assert bench.make_plan(2, 20, "dpmpp_2m", {"scale": 1.0, "eta": 1.0}).active_steps(sig) == list(range(20))
+
+
+def test_coarse_spec_adds_a_level_below_native_with_the_same_settings() -> None:
+    plain = bench.make_plan(2, 20, "dpmpp_2m", {"scale": 1.2, "q_end": 0.9})
+    coarse = bench.make_plan(2, 20, "dpmpp_2m", {"scale": 1.2, "q_end": 0.9, "coarse": 1})
+    assert isinstance(coarse, GuidancePlan) and coarse.levels == ((2, 2), (2, 2)) and plain.levels == ((2, 2),)
+    assert coarse.cumulative == (2.0, 4.0)
+    assert (coarse.scale, coarse.q_end, coarse.shape, coarse.grid) == (1.2, 0.9, plain.shape, plain.grid)
+    # the coarser level (r_4 reaches q_end at a larger sigma) closes first; the finest level keeps w
+    s_mid = 2.0 * math.sqrt((1 - 0.9) / 0.9) * 1.5
+    assert coarse.weight(0, s_mid) == 1.2 and coarse.weight(1, s_mid) == 0.0
+
+
+def test_factor_rows_share_prompts_and_report_costs(tiny: LatentModel) -> None:
+    plans = {"guided": {"scale": 1.0, "eta": 0.5}}
+    rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=4, plans=plans, batch=2)
+    labels = [r["method"] for r in rows]
+    assert labels[:3] == ["native 64 px (reference)", "plain", "upscale only (bilinear pixels, no diffusion)"]
+    assert labels[3].startswith("hires fix 0.70") and labels[4].startswith("hires fix") and labels[-1] == "guided"
+    plain, guided = rows[1], rows[-1]
+    assert plain["calls"] == 4 and plain["calls_x"] == 1.0 and plain["colour_shift"] >= 0.0
+    assert guided["calls_by_size"] == {"32x32": 4, "16x16": 2}  # half the steps guided: one low call each
+    assert guided["pixel_evals_x"] == pytest.approx(1 + 2 / 4 / 4)
+    assert all("blockiness" in r for r in rows[1:]) and "blockiness" not in rows[0]
+    assert "| plain |" in bench.markdown(rows)
+
+
+def test_tile_places_images_row_major() -> None:
+    imgs = -torch.ones(3, 3, 2, 2)
+    imgs[1] = 1.0
+    t = bench.tile(imgs, cols=2)
+    assert t.shape == (4, 4, 3) and t.dtype.name == "uint8"
+    assert (t[:2, :2] == 0).all() and (t[:2, 2:] == 255).all() and (t[2:, :2] == 0).all() and (t[2:, 2:] == 0).all()
+
+
+def test_bench_cli_on_the_shipped_weights_writes_json_markdown_and_samples(tmp_path) -> None:
+    import json
+
+    rc = bench.bench_main(["--n", "2", "--steps", "3", "--no-baselines", "--only-plans", "--plan", "eta=0.5",
+                           "--images", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "2x_dpmpp_2m_3.json").read_text())
+    assert [r["method"] for r in res["rows"]] == ["native 64 px (reference)", "plain", "plan eta=0.5"]
+    assert res["rows"][2]["plan"]["window_steps"] == [0, 1] and res["n"] == 2
+    assert "| plan eta=0.5 |" in (tmp_path / "2x_dpmpp_2m_3.md").read_text()
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 3

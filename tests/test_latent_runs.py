@@ -1,0 +1,123 @@
+"""Sampling runners of the latent model: seeds, counting, guidance inside CFG, hires fix; one slow quality test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib_chroma.guidance import GuidancePlan
+from lib_chroma.toy.latent import runs, scorer, text
+from lib_chroma.toy.latent.autoencoder import AutoEncoder
+from lib_chroma.toy.latent.text import TextEncoder
+from lib_chroma.toy.latent.train import LatentModel, load_model
+from lib_chroma.toy.latent.unet import LatentUNet
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LatentModel:
+    torch.manual_seed(0)
+    unet = LatentUNet(channels=(16, 16, 16), ctx_dim=16, temb=32)
+    for mod in unet.modules():  # zero-initialised outputs would hide the prompt and the time input
+        if isinstance(mod, torch.nn.Conv2d) and not bool(mod.weight.any()):
+            torch.nn.init.normal_(mod.weight, std=0.05)
+    return LatentModel(AutoEncoder(), TextEncoder(width=16, layers=1), unet, {"scale_factor": 1.0}).eval()
+
+
+PROMPTS = text.prompt_set(3, seed=5000)
+
+
+def test_sample_i_is_seeded_from_seed_plus_i(tiny: LatentModel) -> None:
+    unet = runs.CountingUNet(tiny.unet)
+    both = runs.run_txt2img(tiny, unet, PROMPTS, 16, 16, 4, seed=5000, batch=2)
+    alone = runs.run_txt2img(tiny, unet, PROMPTS[2:], 16, 16, 4, seed=5002, batch=2)
+    assert both.shape == (3, 4, 16, 16)
+    assert torch.allclose(both[2], alone[0], atol=1e-4)
+    again = runs.run_txt2img(tiny, unet, PROMPTS, 16, 16, 4, seed=5000, batch=2)
+    assert torch.equal(both, again)
+
+
+def test_calls_and_pixel_evals_are_counted(tiny: LatentModel) -> None:
+    unet = runs.CountingUNet(tiny.unet)
+    runs.run_txt2img(tiny, unet, PROMPTS, 16, 16, 5, seed=1, batch=2, sampler="euler")
+    assert unet.calls == {(16, 16): 10}  # 5 steps x 2 batches, cond and uncond in one call
+    assert unet.pixel_evals == 5 * 2 * 3 * 256  # rows = 2 x images
+
+
+def test_guided_run_calls_the_low_resolution_model_inside_the_window(tiny: LatentModel) -> None:
+    unet = runs.CountingUNet(tiny.unet)
+    plain = runs.run_txt2img(tiny, unet, PROMPTS[:2], 32, 32, 6, seed=1, batch=2, sampler="euler")
+    base = unet.pixel_evals
+    unet.reset()
+    plan = runs.make_plan((2, 2), 6, "euler")
+    guided = runs.run_txt2img(tiny, unet, PROMPTS[:2], 32, 32, 6, seed=1, plan=plan, batch=2, sampler="euler")
+    active = len(plan.active_steps(runs.latent_sigmas("euler", 6)))
+    assert 0 < active < 6
+    assert unet.calls == {(32, 32): 6, (16, 16): active}
+    assert unet.pixel_evals / base == pytest.approx(runs.expected_pixel_evals(plan, runs.latent_sigmas("euler", 6)))
+    assert not torch.allclose(plain, guided)
+
+
+def test_hires_second_pass_runs_steps_calls_from_the_upscaled_latents(tiny: LatentModel) -> None:
+    unet = runs.CountingUNet(tiny.unet)
+    low = torch.randn(3, 4, 16, 16)
+    out = runs.run_hires(tiny, unet, low, PROMPTS, 32, 32, 6, seed=1, strength=0.3, batch=3, sampler="euler")
+    assert out.shape == (3, 4, 32, 32) and unet.calls == {(32, 32): 6}
+    # a weak strength keeps the upscaled coarse content
+    up = runs.upscale_latents(low, 32, 32)
+    keep = torch.nn.functional.avg_pool2d(out, 8) - torch.nn.functional.avg_pool2d(up, 8)
+    assert float(keep.abs().mean()) < float(torch.nn.functional.avg_pool2d(up, 8).abs().mean())
+
+
+def test_cfg_scale_changes_the_samples(tiny: LatentModel) -> None:
+    unet = runs.CountingUNet(tiny.unet)
+    a = runs.run_txt2img(tiny, unet, PROMPTS[:1], 16, 16, 3, seed=2, cfg=1.0)
+    b = runs.run_txt2img(tiny, unet, PROMPTS[:1], 16, 16, 3, seed=2, cfg=7.0)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.slow
+def test_guidance_beats_plain_sampling_at_2x_on_the_shipped_model() -> None:
+    torch.set_num_threads(2)
+    model = load_model()
+    prompts = text.prompt_set(12, seed=7000)
+    unet = runs.CountingUNet(model.unet)
+    plain = runs.run_txt2img(model, unet, prompts, 32, 32, 20, seed=7000, cfg=5.0)
+    plan = runs.make_plan((2, 2), 20)  # the library's defaults
+    guided = runs.run_txt2img(model, unet, prompts, 32, 32, 20, seed=7000, cfg=5.0, plan=plan)
+    sp = scorer.summarize(scorer.score_images(runs.decode(model, plain), (8,)), prompts)
+    sg = scorer.summarize(scorer.score_images(runs.decode(model, guided), (8,)), prompts)
+    assert sg["one_object"] >= 0.9 and sg["one_object"] >= sp["one_object"] + 0.3
+    assert sg["attr_position"] >= sp["attr_position"] + 0.2
+
+
+class _IdentityAE(torch.nn.Module):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule() -> None:
+    from lib_chroma.guidance import UpsampleGuidedDenoiser
+
+    torch.manual_seed(0)
+    calls: list[tuple[int, ...]] = []
+
+    def den(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return torch.tanh(x) * 0.7 + context.mean() + 0.1 * sigma.view(-1, 1, 1, 1)
+
+    plan = GuidancePlan(((2, 2),), scale=1.5, shape="constant", sigma_hi=5.0, sigma_lo=1.0, operator="bilinear",
+                        grid="fixed")
+    x, ctx = torch.randn(2, 4, 12, 12), torch.randn(2, 3, 8)
+    pix = runs.PixelSpaceGuidedDenoiser(den, plan, _IdentityAE())
+    lib = UpsampleGuidedDenoiser(den, plan)
+    for s, n_calls in ((2.0, 2), (9.0, 1)):  # inside the window: one low call; outside: none
+        sigma = torch.full((2,), s)
+        calls.clear()
+        out = pix(x, sigma, context=ctx)
+        assert calls[1:] == [(2, 4, 6, 6)] * (n_calls - 1) and len(calls) == n_calls
+        assert torch.allclose(out, lib(x, sigma, context=ctx), atol=1e-6)
+    with pytest.raises(ValueError, match="one level"):
+        runs.PixelSpaceGuidedDenoiser(den, GuidancePlan(((2, 2), (2, 2))), _IdentityAE())
