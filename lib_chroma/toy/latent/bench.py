@@ -27,6 +27,10 @@ the model at half its native size, nested as in :func:`lib_chroma.guidance.guide
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
 fixed grid, one level).
 
+``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
+(``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
+each attribute and latent level settles; written to ``prompts_<factors>_<sampler>_<steps>.json``.
+
 Cost columns relative to plain sampling at the same size: model calls (batched CFG evaluations, any size),
 pixel-evaluations ``sum(rows h w)`` and wall time (sampling and decoding; scoring excluded). Rows run one
 after another, so wall ratios on a shared machine are indicative only.
@@ -46,7 +50,7 @@ import torch
 
 from lib_chroma.guidance import GuidancePlan, factor_levels
 
-from . import runs, scorer, text
+from . import runs, scorer, switching, text
 from .train import LatentModel, load_model
 
 DEFAULT_OUT = Path("outputs/latent_bench")
@@ -247,6 +251,37 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def run_prompts(model: LatentModel, n: int, seed: int, cfgs: list[float], sampler: str, steps: int,
+                factors: list[int]) -> dict[str, Any]:
+    """The prompt-switch rows (:mod:`switching`) per factor and CFG, and the native settling record per CFG."""
+    targets = text.prompt_set(n, seed)
+    rows, settling = [], {}
+    for cfg in cfgs:
+        tag = f"{sampler} {steps} cfg {cfg:g}"
+        settling[f"{cfg:g}"] = st = switching.attribute_settling(model, n, seed, sampler, steps, cfg)
+        print(f"[{tag}] attribute settle steps (0-based) {st['settle_step']}; level settle {st['level_settle']}, "
+              f"theory {st['level_theory']}; extension switch {st['switch_step']}", flush=True)
+        for m in factors:
+            for r in switching.run_methods(model, switching.methods(n, seed, sampler, steps, m), targets, seed,
+                                           sampler, steps, cfg, factor=m, tag=f"{m}x {tag}"):
+                rows.append({**r, "factor": m, "cfg": cfg, "sampler": sampler, "steps": steps, "n": n, "seed": seed})
+    return {"rows": rows, "settling": settling}
+
+
+def prompts_markdown(rows: list[dict[str, Any]]) -> str:
+    """One markdown table per (factor, CFG)."""
+    out = []
+    for key in dict.fromkeys((r["factor"], r["cfg"]) for r in rows):
+        out += [f"\n**{key[0]}x, CFG {key[1]:g}**\n", "| pairs | method | detail from step | layout kept | detail "
+                "obtained | both | proper face |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if (r["factor"], r["cfg"]) == key:
+                step = "" if r["switch_step"] is None else str(r["switch_step"] + 1)
+                out.append(f"| {r['pairs']} | {r['method']} | {step} | {r['layout_kept']:.2f} | "
+                           f"{r['detail_obtained']:.2f} | {r['both']:.2f} | {r['proper_face']:.2f} |")
+    return "\n".join(out)
+
+
 def bench_main(argv: list[str] | None = None) -> int:
     """CLI entry (module docstring); returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m lib_chroma bench --model latent",
@@ -259,6 +294,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--factors", type=int, nargs="+", default=[2])
     p.add_argument("--native", action="store_true", help="native rows only: CFG scales x (DPM++ 2M 20, Euler a 30)")
+    p.add_argument("--prompts", action="store_true",
+                   help="time-dependent prompt rows at --factors (1 = native) and --cfg")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...", help="an extra guided row")
     p.add_argument("--only-plans", action="store_true", help="no standard guided rows, only --plan rows")
     p.add_argument("--no-baselines", action="store_true", help="no upscale and hires rows")
@@ -275,6 +312,18 @@ def bench_main(argv: list[str] | None = None) -> int:
     SAMPLES.update(dir=args.out / "samples", count=args.images)
     n, steps, factors = (8, 6, [2]) if args.quick else (args.n, args.steps, args.factors)
     t0 = time.time()
+    if args.prompts:
+        factors = [1] if args.quick else factors
+        rec = run_prompts(model, n, args.seed, args.cfg[:1] if args.quick else args.cfg, args.sampler, steps,
+                          factors)
+        name = f"prompts_{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = {"args": {k: str(v) for k, v in vars(args).items()}, "n": n, "wall_s": round(time.time() - t0, 1),
+                  "threads": args.threads, **rec}
+        (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
+        (args.out / f"{name}.md").write_text(prompts_markdown(rec["rows"]) + "\n")
+        print(prompts_markdown(rec["rows"]))
+        return 0
     if args.native:
         rows = run_native(model, n, args.seed, args.cfg, [("dpmpp_2m", 20), ("euler_ancestral", 30)])
         name = "native"

@@ -121,13 +121,22 @@ class CFGDenoiser(torch.nn.Module):
     """A1111's CFG on a k-diffusion denoiser ``den(x, sigma, context=...) -> x0``:
     ``out = inner(cat([x, x]), cat([sigma, sigma]), context=cat([cond, uncond]))``, ``inner = den`` or
     ``UpsampleGuidedDenoiser(den, plan)`` (``PixelSpaceGuidedDenoiser(den, plan, pixel_ae)`` with
-    ``pixel_ae``); returns ``out_u + cfg (out_c - out_u)``."""
+    ``pixel_ae``); returns ``out_u + cfg (out_c - out_u)``.
+
+    Prompt editing as A1111's ``[cond:detail:N]``: with ``detail`` given, calls ``0 .. switch_call - 1`` use
+    ``cond`` and calls from ``switch_call`` on use ``detail`` (A1111 counts model calls, ``N = switch_call -
+    1``); the unconditional context stays."""
 
     def __init__(self, den: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
-                 plan: GuidancePlan | None = None, pixel_ae: torch.nn.Module | None = None) -> None:
+                 plan: GuidancePlan | None = None, pixel_ae: torch.nn.Module | None = None,
+                 detail: torch.Tensor | None = None, switch_call: int = 0) -> None:
         super().__init__()
         if cond.shape != uncond.shape:
             raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond {tuple(cond.shape)}")
+        if detail is not None and detail.shape != cond.shape:
+            raise ValueError(f"detail: shape {tuple(detail.shape)} differs from cond {tuple(cond.shape)}")
+        if switch_call < 0:
+            raise ValueError(f"switch_call: must be >= 0, got {switch_call}")
         if plan is None:
             self.inner: torch.nn.Module = den
         elif pixel_ae is not None:
@@ -135,13 +144,19 @@ class CFGDenoiser(torch.nn.Module):
         else:
             self.inner = UpsampleGuidedDenoiser(den, plan)
         self.context = torch.cat([cond, uncond])
+        self.detail_context = None if detail is None else torch.cat([detail, uncond])
+        self.switch_call = int(switch_call)
+        self.calls = 0
         self.cfg = float(cfg)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.shape[0] * 2 != self.context.shape[0]:
             raise ValueError(f"x: {x.shape[0]} rows for {self.context.shape[0] // 2} prompts")
         s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        out = self.inner(torch.cat([x, x]), torch.cat([s, s]), context=self.context)
+        switched = self.detail_context is not None and self.calls >= self.switch_call
+        self.calls += 1
+        ctx = self.detail_context if switched else self.context
+        out = self.inner(torch.cat([x, x]), torch.cat([s, s]), context=ctx)
         cond, uncond = out.chunk(2)
         return uncond + self.cfg * (cond - uncond)
 
@@ -184,9 +199,17 @@ def run_txt2img(
     batch: int = 16,
     progress: Callable[[int], None] | None = None,
     pixel_space: bool = False,
+    detail: Sequence[dict[str, str] | str] | None = None,
+    switch_call: int = 0,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> torch.Tensor:
     """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring);
-    ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`)."""
+    ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`);
+    ``detail``: the prompts that replace ``prompts`` from model call ``switch_call`` on (A1111's prompt
+    editing, :class:`CFGDenoiser`); ``callback(start, info)``: k-diffusion's per-step callback for the batch
+    starting at sample ``start``."""
+    if detail is not None and len(detail) != len(prompts):
+        raise ValueError(f"detail: need one per prompt ({len(prompts)}), got {len(detail)}")
     den = make_denoiser(unet)  # type: ignore[arg-type]
     sigmas = latent_sigmas(sampler, steps).to(torch.float32)
     fn = _ks(sampler)
@@ -194,10 +217,12 @@ def run_txt2img(
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         cond, uncond = _contexts(model, chunk)
+        dcond = None if detail is None else _contexts(model, detail[start:start + batch])[0]
         torch.manual_seed(seed + start)
         x = initial_noise(len(chunk), h, w, seed + start, channels=4) * sigmas[0]
-        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None)
-        outs.append(fn(cfg_den, x, sigmas, disable=True))
+        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None, dcond, switch_call)
+        cb = None if callback is None else (lambda info, s0=start: callback(s0, info))
+        outs.append(fn(cfg_den, x, sigmas, disable=True, callback=cb))
         if progress is not None:
             progress(len(chunk))
     return torch.cat(outs)
