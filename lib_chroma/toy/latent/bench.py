@@ -260,7 +260,8 @@ def run_prompts(model: LatentModel, n: int, seed: int, cfgs: list[float], sample
         tag = f"{sampler} {steps} cfg {cfg:g}"
         settling[f"{cfg:g}"] = st = switching.attribute_settling(model, n, seed, sampler, steps, cfg)
         print(f"[{tag}] attribute settle steps (0-based) {st['settle_step']}; level settle {st['level_settle']}, "
-              f"theory {st['level_theory']}; extension switch {st['switch_step']}", flush=True)
+              f"band {st['band_settle']}, theory {st['level_theory']}; extension switch {st['switch_step']}",
+              flush=True)
         for m in factors:
             for r in switching.run_methods(model, switching.methods(n, seed, sampler, steps, m), targets, seed,
                                            sampler, steps, cfg, factor=m, tag=f"{m}x {tag}"):

@@ -213,16 +213,28 @@ def run_txt2img(
     den = make_denoiser(unet)  # type: ignore[arg-type]
     sigmas = latent_sigmas(sampler, steps).to(torch.float32)
     fn = _ks(sampler)
+
+    def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        dcond = None if detail is None else _contexts(model, detail[start:start + size])[0]
+        x = initial_noise(size, h, w, seed + start, channels=4) * sigmas[0]
+        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None, dcond, switch_call)
+        cb = None if callback is None else (lambda info: callback(start, info))
+        return fn(cfg_den, x, sigmas, disable=True, callback=cb)
+
+    return _batched(model, prompts, seed, batch, progress, one)
+
+
+def _batched(model: LatentModel, prompts: Sequence[dict[str, str] | str], seed: int, batch: int,
+             progress: Callable[[int], None] | None,
+             run: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``cat`` of ``run(start, size, cond, uncond)`` over batches of ``prompts``, the global RNG seeded with
+    ``seed + start`` before each (the ancestral samplers draw from it)."""
     outs = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         cond, uncond = _contexts(model, chunk)
-        dcond = None if detail is None else _contexts(model, detail[start:start + batch])[0]
         torch.manual_seed(seed + start)
-        x = initial_noise(len(chunk), h, w, seed + start, channels=4) * sigmas[0]
-        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None, dcond, switch_call)
-        cb = None if callback is None else (lambda info, s0=start: callback(s0, info))
-        outs.append(fn(cfg_den, x, sigmas, disable=True, callback=cb))
+        outs.append(run(start, len(chunk), cond, uncond))
         if progress is not None:
             progress(len(chunk))
     return torch.cat(outs)
@@ -256,17 +268,13 @@ def run_hires(
     sig = img2img_sigmas(a1111_label(sampler), "Automatic", steps, strength, toy_schedule(), fixed_steps=True)
     sig = sig.to(torch.float32)
     fn = _ks(sampler)
-    outs = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start:start + batch]
-        cond, uncond = _contexts(model, chunk)
-        torch.manual_seed(seed + start)
-        x = upscale_latents(low[start:start + len(chunk)], h, w)
-        x = x + initial_noise(len(chunk), h, w, seed + start, channels=4) * sig[0]
-        outs.append(fn(CFGDenoiser(den, cond, uncond, cfg), x, sig, disable=True))
-        if progress is not None:
-            progress(len(chunk))
-    return torch.cat(outs)
+
+    def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        x = upscale_latents(low[start:start + size], h, w)
+        x = x + initial_noise(size, h, w, seed + start, channels=4) * sig[0]
+        return fn(CFGDenoiser(den, cond, uncond, cfg), x, sig, disable=True)
+
+    return _batched(model, prompts, seed, batch, progress, one)
 
 
 @torch.no_grad()

@@ -32,7 +32,8 @@ prompt leaves open), the decoded x0 prediction of every step read by the scorer;
 the first step from which at least :data:`SETTLE_AGREEMENT` of the samples read as their final image does.
 (With the attribute named, the first prediction already shows it: the prompt, not the noise, decides it.)
 Beside it, the step at which each latent level settles in energy (:func:`lib_chroma.empirical.
-generated_fraction`, ``g >= 1/2``) and the theory's step for that level.
+generated_fraction`, ``g >= 1/2``) and each band in projection on the final latent (:func:`lib_chroma.empirical.
+projected_fraction`), and the theory's step for that level.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lib_chroma.empirical import generated_fraction, settle_step, theory_settle_step
+from lib_chroma.empirical import generated_fraction, projected_fraction, settle_step, theory_settle_step
 from lib_chroma.prompts import DEFAULT_SWITCH_LEVEL, DEFAULT_SWITCH_Q, realized_switch, switch_step
 
 from . import data, runs, scorer, text
@@ -186,8 +187,10 @@ def attribute_settling(model: LatentModel, n: int, seed: int, sampler: str, step
 
     Returns ``agreement[attr][i]`` (fraction of samples whose step-``i`` x0 prediction reads as their final
     image), ``settle_step[attr]`` (first step from which the agreement stays >= :data:`SETTLE_AGREEMENT`;
-    ``steps`` if never), ``level_settle[L]`` (empirical, energy ``g_L >= 1/2``), ``level_theory[L]`` (first step
-    with ``r_L >= 1/2``) and ``switch_step[L]`` (the extension's switch at level L, default q)."""
+    ``steps`` if never), ``level_settle[L]`` (empirical, energy ``g_L >= 1/2``), ``band_settle[L]`` (projection of
+    band ``L`` of each prediction on the final latent reaches 1/2, :func:`lib_chroma.empirical.projected_fraction`),
+    ``level_theory[L]`` (first step with ``r_L >= 1/2``) and ``switch_step[L]`` (the extension's switch at level
+    L, default q)."""
     prompts = [text.prompt_text({})] * n
     preds: list[list[torch.Tensor]] = [[] for _ in range(steps)]
 
@@ -210,11 +213,14 @@ def attribute_settling(model: LatentModel, n: int, seed: int, sampler: str, step
         settle[k] = last_bad + 1
     sig = runs.latent_sigmas(sampler, steps)
     frac = {lv: generated_fraction(stacked, final, lv) for lv in LEVELS}
+    proj = {lv: projected_fraction(stacked, final, lv, use_band=True) for lv in LEVELS}
     return {
         "agreement": agreement,
         "settle_step": settle,
         "level_settle": {lv: settle_step(f) for lv, f in frac.items()},
         "level_fraction": {lv: [round(float(x), 3) for x in f] for lv, f in frac.items()},
+        "band_settle": {lv: settle_step(f) for lv, f in proj.items()},
+        "band_fraction": {lv: [round(float(x), 3) for x in f] for lv, f in proj.items()},
         "level_theory": {lv: theory_settle_step(sig, lv) for lv in LEVELS},
         "switch_step": {lv: extension_switch_call(sig, lv) for lv in SWITCH_LEVELS},
         "sigmas": [round(float(s), 3) for s in sig],
