@@ -150,3 +150,15 @@ def test_switch_after_the_last_step_reads_as_layout_throughout(monkeypatch: pyte
                            1024, 1024)
     assert info == "Layout prompt throughout: the switch level is not generated within the 10 steps."
     assert 'data-switch=""' in svg
+
+
+def test_switch_info_says_what_the_switch_hands_over() -> None:
+    """The level in image pixels (8 per latent pixel), how far it is formed, and which side gets what."""
+    vals = S.RCSettings(enabled=True, prompt_mode="fields", switch_level=4, switch_q=0.5).to_dict()
+    info = preview(vals, "DPM++ 2M", "Karras", 20, 1024, 1024)[2]
+    assert "Hands over at 32 px: shapes of 32 px are half formed" in info
+    assert "details of about 32 px and finer (eyes" in info
+    coarse = preview({**vals, "switch_level": 16, "switch_q": 0.8}, "DPM++ 2M", "Karras", 20, 1024, 1024)[2]
+    assert "shapes of 128 px are 80% formed" in coarse and "(eyes" not in coarse
+    early = int(re.search(r"from step (\d+)", coarse)[1])
+    assert early < int(re.search(r"from step (\d+)", info)[1])  # a coarser level hands over earlier
