@@ -320,7 +320,8 @@ FIELDS: tuple[FieldSpec, ...] = (
         4,
         "Switch level",
         "RC switch",
-        "Latent level m (image scale 8m px) whose generation triggers the switch to the detail prompt.",
+        "Switch once shapes of 8m px (latent level m) are q formed: larger shapes (the layout) stay as the "
+        "layout prompt made them, details of 8m px and finer follow the detail prompt. Lower m: later switch.",
         1,
         64,
         1,
@@ -332,7 +333,8 @@ FIELDS: tuple[FieldSpec, ...] = (
         0.5,
         "Switch at fraction q",
         "RC switch",
-        "Switch once level m is this fraction generated (r_m(sigma) >= q).",
+        "Switch once level m is this fraction generated (r_m(sigma) >= q, i.e. sigma <= m sqrt((1-q)/q): "
+        "m and q together set one noise level, the same on every sampler and step count).",
         0.05,
         0.95,
         0.05,
