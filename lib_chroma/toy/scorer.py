@@ -33,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,19 +74,22 @@ class ImageScore:
     clipped: float
 
 
-def _as_numpy(images: object) -> np.ndarray:
-    """Tensor or array to float64 numpy ``(N, C, H, W)``."""
+def as_batch(images: object, channels: int | None = None) -> np.ndarray:
+    """Tensor or array to float64 numpy ``(N, C, H, W)`` (a single ``(C, H, W)`` image gets ``N = 1``);
+    with ``channels``, ``C`` must equal it."""
     if hasattr(images, "detach"):
         images = images.detach().float().cpu().numpy()  # type: ignore[attr-defined]
     x = np.asarray(images, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"images: expected (C,H,W) or (N,C,H,W), got shape {x.shape}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        c = "C" if channels is None else channels
+        raise ValueError(f"images: expected ({c},H,W) or (N,{c},H,W), got shape {x.shape}")
     return x
 
 
-def _grid_key(g: int | tuple[int, int]) -> str:
+def grid_key(g: int | tuple[int, int]) -> str:
+    """Name of a block grid in scores and summaries: ``"g"`` for ``g x g``, ``"gyxgx"`` for ``(gy, gx)``."""
     return str(g) if isinstance(g, int) else f"{g[0]}x{g[1]}"
 
 
@@ -232,7 +236,7 @@ def score_image(
     img: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
 ) -> ImageScore:
     """Score one ``(C, H, W)`` image (see the module docstring for every field)."""
-    x = _as_numpy(img)[0]
+    x = as_batch(img)[0]
     _, h, w = x.shape
     raw = _measure(x, base)
     ref = reference_stats(h, w, base)
@@ -257,7 +261,7 @@ def score_image(
         proper_at_scale=proper and size_ok,
         detail=raw.detail_raw / ref["detail_raw"],
         edge_sharpness=raw.edge_raw / ref["edge_raw"],
-        blockiness={_grid_key(g): blockiness(x, g) for g in grids},
+        blockiness={grid_key(g): blockiness(x, g) for g in grids},
         clipped=float((np.abs(x) > 1.0).mean()),
     )
 
@@ -266,7 +270,33 @@ def score_images(
     images: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
 ) -> list[ImageScore]:
     """Score every image of an ``(N, C, H, W)`` batch."""
-    return [score_image(img, base, grids) for img in _as_numpy(images)]
+    return [score_image(img, base, grids) for img in as_batch(images)]
+
+
+def rate(scores: Sequence[Any], pred: Callable[[Any], object]) -> float:
+    """Fraction of ``scores`` for which ``pred`` holds."""
+    return float(np.mean([bool(pred(s)) for s in scores]))
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """Mean of ``values`` skipping NaNs; NaN when no value is finite."""
+    vals = np.array(values, dtype=np.float64)
+    return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+
+
+def face_rates(scores: Sequence[Any]) -> dict[str, float]:
+    """``one_object``, ``two_eyes`` (one object with exactly two eyes) and ``proper_face`` rates of a non-empty
+    batch of scores (of either toy's scorer)."""
+    return {
+        "one_object": rate(scores, lambda s: s.n_objects == 1),
+        "two_eyes": rate(scores, lambda s: s.n_objects == 1 and s.n_eyes == 2),
+        "proper_face": rate(scores, lambda s: s.proper_face),
+    }
+
+
+def blockiness_means(scores: Sequence[Any]) -> dict[str, float]:
+    """``blockiness_<g>``: the mean blockiness per grid of a non-empty batch of scores."""
+    return {f"blockiness_{key}": float(np.mean([s.blockiness[key] for s in scores])) for key in scores[0].blockiness}
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict[str, float]:
@@ -280,23 +310,12 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, float]:
     out: dict[str, float] = {"n": float(n)}
     if n == 0:
         return out
-
-    def rate(pred: object) -> float:
-        return float(np.mean([bool(pred(s)) for s in scores]))  # type: ignore[operator]
-
-    def mean(field: str) -> float:
-        vals = np.array([getattr(s, field) for s in scores], dtype=np.float64)
-        return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-
-    out["one_object"] = rate(lambda s: s.n_objects == 1)
-    out["two_eyes"] = rate(lambda s: s.n_objects == 1 and s.n_eyes == 2)
-    out["proper_face"] = rate(lambda s: s.proper_face)
-    out["proper_at_scale"] = rate(lambda s: s.proper_at_scale)
-    out["size_ok"] = rate(lambda s: s.size_ok)
+    out.update(face_rates(scores))
+    out["proper_at_scale"] = rate(scores, lambda s: s.proper_at_scale)
+    out["size_ok"] = rate(scores, lambda s: s.size_ok)
     for field in ("size_rel", "detail", "edge_sharpness", "clipped"):
-        out[field] = mean(field)
-    for key in scores[0].blockiness:
-        out[f"blockiness_{key}"] = float(np.mean([s.blockiness[key] for s in scores]))
+        out[field] = finite_mean([getattr(s, field) for s in scores])
+    out.update(blockiness_means(scores))
     return out
 
 

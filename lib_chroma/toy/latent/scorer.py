@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lib_chroma.toy.morph import box3, close, dilate, erode, fill_holes, label, ortho_hull
-from lib_chroma.toy.scorer import blockiness
+from lib_chroma.toy.scorer import as_batch, blockiness, blockiness_means, face_rates, finite_mean, grid_key
 
 from . import data
 
@@ -85,18 +85,6 @@ class ImageScore:
     blockiness: dict[str, float]
     mean_rgb: tuple[float, float, float]
     face_rgb: tuple[float, float, float]
-
-
-def _as_numpy(images: object) -> np.ndarray:
-    """Tensor or array to float64 numpy ``(N, 3, H, W)``."""
-    if hasattr(images, "detach"):
-        images = images.detach().float().cpu().numpy()  # type: ignore[attr-defined]
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images: expected (3,H,W) or (N,3,H,W), got shape {x.shape}")
-    return x
 
 
 def _moments(ys: np.ndarray, xs: np.ndarray, sy: float, sx: float) -> tuple[float, float, float]:
@@ -264,13 +252,9 @@ def reference_detail(h: int, w: int, n: int = 64, seed: int = 20260) -> float:
     return float(np.nanmean([_measure(img.astype(np.float64)).detail_raw for img in x]))
 
 
-def _grid_key(g: int | tuple[int, int]) -> str:
-    return str(g) if isinstance(g, int) else f"{g[0]}x{g[1]}"
-
-
 def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> ImageScore:
     """Score one ``(3, H, W)`` image; ``grids``: pixel block sizes for blockiness (e.g. ``(8,)`` at 2x, f=4)."""
-    x = _as_numpy(img)[0]
+    x = as_batch(img, 3)[0]
     _, h, w = x.shape
     raw = _measure(x)
     round_ok = bool(raw.n_objects >= 1 and raw.aspect <= MAX_ASPECT and raw.extent <= MAX_EXTENT and raw.inside)
@@ -289,7 +273,7 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
         skew=raw.skew,
         attrs=read_attributes(raw),
         detail=raw.detail_raw / reference_detail(h, w),
-        blockiness={_grid_key(g): blockiness(x, g) for g in grids},
+        blockiness={grid_key(g): blockiness(x, g) for g in grids},
         mean_rgb=tuple(float(v) for v in x.mean(axis=(1, 2))),  # type: ignore[arg-type]
         face_rgb=raw.face_rgb,
     )
@@ -297,7 +281,7 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
 
 def score_images(images: object, grids: Sequence[int | tuple[int, int]] = ()) -> list[ImageScore]:
     """Score every image of an ``(N, 3, H, W)`` batch."""
-    return [score_image(img, grids) for img in _as_numpy(images)]
+    return [score_image(img, grids) for img in as_batch(images, 3)]
 
 
 def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | None = None) -> dict[str, float]:
@@ -313,13 +297,7 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
     out: dict[str, float] = {"n": float(n)}
     if n == 0:
         return out
-
-    def rate(pred: object) -> float:
-        return float(np.mean([bool(pred(s)) for s in scores]))  # type: ignore[operator]
-
-    out["one_object"] = rate(lambda s: s.n_objects == 1)
-    out["two_eyes"] = rate(lambda s: s.n_objects == 1 and s.n_eyes == 2)
-    out["proper_face"] = rate(lambda s: s.proper_face)
+    out.update(face_rates(scores))
     if targets is not None:
         if len(targets) != n:
             raise ValueError(f"targets: need one per score ({n}), got {len(targets)}")
@@ -329,14 +307,11 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
                 out[f"attr_{key}"] = float(np.mean(hits))
         out["all_attrs"] = float(np.mean([all(s.attrs[k] == v for k, v in t.items())
                                           for s, t in zip(scores, targets)]))
-    det = np.array([s.detail for s in scores])
-    out["detail"] = float(np.nanmean(det)) if np.isfinite(det).any() else math.nan
-    for key in scores[0].blockiness:
-        out[f"blockiness_{key}"] = float(np.mean([s.blockiness[key] for s in scores]))
+    out["detail"] = finite_mean([s.detail for s in scores])
+    out.update(blockiness_means(scores))
     for i, c in enumerate("rgb"):
         out[f"mean_{c}"] = float(np.mean([s.mean_rgb[i] for s in scores]))
-        face = np.array([s.face_rgb[i] for s in scores])
-        out[f"face_{c}"] = float(np.nanmean(face)) if np.isfinite(face).any() else math.nan
+        out[f"face_{c}"] = finite_mean([s.face_rgb[i] for s in scores])
     return out
 
 
