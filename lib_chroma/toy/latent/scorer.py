@@ -45,8 +45,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lib_chroma.toy.morph import box3, close, dilate, erode, fill_holes, label, ortho_hull
-from lib_chroma.toy.scorer import as_batch, blockiness, blockiness_means, face_rates, finite_mean, grid_key
+from lib_chroma.toy.morph import erode, ortho_hull
+from lib_chroma.toy.scorer import (
+    Geometry,
+    as_batch,
+    background,
+    blockiness,
+    blockiness_means,
+    eye_blobs,
+    eyes_placed_like_a_face,
+    face_rates,
+    finite_mean,
+    grid_key,
+    highpass_energy,
+    light_components,
+    masked_mean,
+    moments,
+    object_shape,
+)
 
 from . import data
 
@@ -55,6 +71,7 @@ MIN_OBJECT_AREA = 0.3 * math.pi * data.RADIUS["small"][0] ** 2
 MAX_ASPECT = 1.3
 MAX_EXTENT = 1.35
 MAX_BORDER_CONTACT = 0.8
+EYE_SPACING = (0.5, 1.4)
 EYE_ASPECT_SPLIT = 1.45
 EYE_DEPTH = 0.4
 COHERENCE_SPLIT = 0.5
@@ -85,31 +102,6 @@ class ImageScore:
     blockiness: dict[str, float]
     mean_rgb: tuple[float, float, float]
     face_rgb: tuple[float, float, float]
-
-
-def _moments(ys: np.ndarray, xs: np.ndarray, sy: float, sx: float) -> tuple[float, float, float]:
-    """Centroid ``(cx, cy)`` in units and aspect ``sqrt(l1 / l2)`` of the pixel set's second moments."""
-    v, u = (ys + 0.5) / sy, (xs + 0.5) / sx
-    if len(u) < 2:
-        return float(u.mean()), float(v.mean()), 1.0
-    ev = np.linalg.eigvalsh(np.cov(np.stack([u, v])) + np.eye(2) / (12 * sx * sy))
-    return float(u.mean()), float(v.mean()), float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
-
-
-def eyes_placed_like_a_face(eyes: list[tuple[float, float, float]], cx: float, cy: float, r: float) -> bool:
-    """Two eyes ``(x, y, area)`` in units: one each side of ``cx``, both above ``cy``, ``|y1 - y2| < 0.35 r``,
-    ``0.5 r < x2 - x1 < 1.4 r`` and areas within a factor 3."""
-    if len(eyes) != 2:
-        return False
-    (x1, y1, a1), (x2, y2, a2) = sorted(eyes)
-    return (
-        x1 < cx < x2
-        and y1 < cy
-        and y2 < cy
-        and abs(y1 - y2) < 0.35 * r
-        and 0.5 * r < x2 - x1 < 1.4 * r
-        and 1 / 3 < a1 / a2 < 3
-    )
 
 
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -148,17 +140,9 @@ def _texture_class(coh: float, skew: float) -> str | None:
 
 
 @dataclasses.dataclass
-class _Raw:
+class _Raw(Geometry):
     """Measurements of one image before normalising by the data's statistics."""
 
-    n_objects: int
-    n_specks: int
-    n_eyes: int
-    radius: float
-    aspect: float
-    extent: float
-    inside: bool
-    eyes_ok: bool
     eye_aspect: float
     coherence: float
     skew: float
@@ -171,61 +155,41 @@ def _measure(img: np.ndarray) -> _Raw:
     """Segment, read and measure one ``(3, H, W)`` image."""
     _, h, w = img.shape
     sy, sx = h / data.BASE, w / data.BASE
-    s = math.sqrt(sx * sy)
     vmax = img.max(0)
     lum = img.mean(0)
-    lab, n = label(vmax > OBJECT_THR, conn8=True)
-    comps = []
-    any_light = np.zeros((h, w), dtype=bool)
-    for k in range(1, n + 1):
-        filled = fill_holes(close(lab == k))
-        any_light |= filled
-        comps.append((filled.sum() / (sx * sy), filled, lab == k))
-    objects = sorted((c for c in comps if c[0] >= MIN_OBJECT_AREA), key=lambda c: -c[0])
-    bg = ~dilate(any_light, max(1, math.ceil(2 * s)))
-    bg[:2], bg[-2:], bg[:, :2], bg[:, -2:] = False, False, False, False
-    hp2 = ((img - box3(img)) ** 2).mean(0)
-    detail_raw = float(hp2[bg].mean()) if bg.any() else math.nan
+    comps, objects, any_light = light_components(vmax > OBJECT_THR, sy, sx, MIN_OBJECT_AREA)
+    bg = background(any_light, max(1, math.ceil(2 * math.sqrt(sx * sy))), 2)
+    detail_raw = masked_mean(highpass_energy(img), bg)
     coh, skew = texture_features(lum, bg, sy, sx)
     nan3 = (math.nan, math.nan, math.nan)
     if not objects:
-        return _Raw(0, len(comps), -1, math.nan, math.nan, math.nan, False, False, math.nan, coh, skew, math.nan,
+        return _Raw(0, len(comps), math.nan, math.nan, math.nan, False, -1, False, math.nan, coh, skew, math.nan,
                     nan3, detail_raw)
     area, filled, light = objects[0]
-    yy, xx = np.nonzero(filled)
-    cx, cy, aspect = _moments(yy, xx, sy, sx)
-    radius = math.sqrt(area / math.pi)
-    extent = float(np.sqrt(((xx + 0.5) / sx - cx) ** 2 + ((yy + 0.5) / sy - cy) ** 2).max() / radius)
-    contact = max(filled[0].sum() / sx, filled[-1].sum() / sx, filled[:, 0].sum() / sy, filled[:, -1].sum() / sy)
+    obj = object_shape(filled, area, sy, sx, pixel_spread=True)
     core = erode(light, 1)
     face_px = img[:, core] if core.any() else img[:, light]
     face_rgb = tuple(float(v) for v in np.median(face_px, axis=1))
     face_v = float(np.median(vmax[light]))
     dark = ortho_hull(filled) & (vmax < face_v - EYE_DEPTH * (face_v - data.EYE_MAX))
-    elab, en = label(dark, conn8=False)
-    e = data.eye_layout(radius)[2]
-    min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * e**2)
     eyes, aspects = [], []
-    for k in range(1, en + 1):
-        ey, ex = np.nonzero(elab == k)
-        a = len(ey) / (sx * sy)
-        if a >= min_eye:
-            mx, my, asp = _moments(ey, ex, sy, sx)
-            eyes.append((mx, my, a))
-            aspects.append(asp)
+    for ey, ex, a in eye_blobs(dark, data.eye_layout(obj.radius)[2], sy, sx):
+        mx, my, asp = moments(ey, ex, sy, sx, pixel_spread=True)
+        eyes.append((mx, my, a))
+        aspects.append(asp)
     return _Raw(
         n_objects=len(objects),
         n_specks=len(comps) - len(objects),
         n_eyes=len(eyes),
-        radius=radius,
-        aspect=aspect,
-        extent=extent,
-        inside=bool(contact <= MAX_BORDER_CONTACT * radius),
-        eyes_ok=eyes_placed_like_a_face(eyes, cx, cy, radius),
+        radius=obj.radius,
+        aspect=obj.aspect,
+        extent=obj.extent,
+        inside=bool(obj.contact <= MAX_BORDER_CONTACT * obj.radius),
+        eyes_ok=eyes_placed_like_a_face(eyes, obj.cx, obj.cy, obj.radius, EYE_SPACING),
         eye_aspect=float(np.mean(aspects)) if aspects else math.nan,
         coherence=coh,
         skew=skew,
-        cx=cx,
+        cx=obj.cx,
         face_rgb=face_rgb,  # type: ignore[arg-type]
         detail_raw=detail_raw,
     )
@@ -257,7 +221,7 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
     x = as_batch(img, 3)[0]
     _, h, w = x.shape
     raw = _measure(x)
-    round_ok = bool(raw.n_objects >= 1 and raw.aspect <= MAX_ASPECT and raw.extent <= MAX_EXTENT and raw.inside)
+    round_ok = raw.round_ok(MAX_ASPECT, MAX_EXTENT)
     return ImageScore(
         n_objects=raw.n_objects,
         n_specks=raw.n_specks,
