@@ -249,6 +249,27 @@ class Geometry:
         return bool(self.n_objects >= 1 and self.aspect <= max_aspect and self.extent <= max_extent and self.inside)
 
 
+def geometry_fields(
+    n_comps: int,
+    n_objects: int,
+    obj: ObjectShape,
+    eyes: list[tuple[float, float, float]],
+    spacing: tuple[float, float] = (0.35, 1.3),
+) -> dict[str, Any]:
+    """The :class:`Geometry` fields of an image with ``n_comps`` light components, ``n_objects`` of them objects,
+    whose main object ``obj`` has ``eyes`` (``(x, y, area)``; ``spacing`` as in :func:`eyes_placed_like_a_face`)."""
+    return {
+        "n_objects": n_objects,
+        "n_specks": n_comps - n_objects,
+        "radius": obj.radius,
+        "aspect": obj.aspect,
+        "extent": obj.extent,
+        "inside": bool(obj.contact <= MAX_BORDER_CONTACT * obj.radius),
+        "n_eyes": len(eyes),
+        "eyes_ok": eyes_placed_like_a_face(eyes, obj.cx, obj.cy, obj.radius, spacing),
+    }
+
+
 @dataclasses.dataclass
 class _Raw(Geometry):
     """Intermediate measurements of one image, before normalising by the data's statistics."""
@@ -275,18 +296,8 @@ def _measure(img: np.ndarray, base: int) -> _Raw:
     blobs = eye_blobs(dark, data.eye_layout(obj.radius)[2], sy, sx)
     eyes = [(float((ex + 0.5).mean() / sx), float((ey + 0.5).mean() / sy), a) for ey, ex, a in blobs]
     band = dilate(filled, 1) & ~erode(filled, 1)
-    return _Raw(
-        n_objects=len(objects),
-        n_specks=len(comps) - len(objects),
-        n_eyes=len(eyes),
-        radius=obj.radius,
-        aspect=obj.aspect,
-        extent=obj.extent,
-        inside=bool(obj.contact <= MAX_BORDER_CONTACT * obj.radius),
-        eyes_ok=eyes_placed_like_a_face(eyes, obj.cx, obj.cy, obj.radius),
-        detail_raw=detail_raw,
-        edge_raw=masked_mean(hp2, band),
-    )
+    geometry = geometry_fields(len(comps), len(objects), obj, eyes)
+    return _Raw(**geometry, detail_raw=detail_raw, edge_raw=masked_mean(hp2, band))
 
 
 @functools.lru_cache(maxsize=32)

@@ -53,9 +53,9 @@ from lib_chroma.toy.scorer import (
     blockiness,
     blockiness_means,
     eye_blobs,
-    eyes_placed_like_a_face,
     face_rates,
     finite_mean,
+    geometry_fields,
     grid_key,
     highpass_energy,
     light_components,
@@ -70,7 +70,6 @@ OBJECT_THR = 0.5 * (data.BG_MAX + data.FACE_MIN)
 MIN_OBJECT_AREA = 0.3 * math.pi * data.RADIUS["small"][0] ** 2
 MAX_ASPECT = 1.3
 MAX_EXTENT = 1.35
-MAX_BORDER_CONTACT = 0.8
 EYE_SPACING = (0.5, 1.4)
 EYE_ASPECT_SPLIT = 1.45
 EYE_DEPTH = 0.4
@@ -178,14 +177,7 @@ def _measure(img: np.ndarray) -> _Raw:
         eyes.append((mx, my, a))
         aspects.append(asp)
     return _Raw(
-        n_objects=len(objects),
-        n_specks=len(comps) - len(objects),
-        n_eyes=len(eyes),
-        radius=obj.radius,
-        aspect=obj.aspect,
-        extent=obj.extent,
-        inside=bool(obj.contact <= MAX_BORDER_CONTACT * obj.radius),
-        eyes_ok=eyes_placed_like_a_face(eyes, obj.cx, obj.cy, obj.radius, EYE_SPACING),
+        **geometry_fields(len(comps), len(objects), obj, eyes, EYE_SPACING),
         eye_aspect=float(np.mean(aspects)) if aspects else math.nan,
         coherence=coh,
         skew=skew,
