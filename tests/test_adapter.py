@@ -3,11 +3,9 @@ job."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import types
 
-import pytest
 import torch
 
 from lib_chroma.guidance import GuidancePlan, guide_eps, guide_x0
@@ -36,19 +34,6 @@ class Inner:
 
     def sizes(self):
         return [c[0] for c in self.calls]
-
-
-@pytest.fixture()
-def web():
-    h = fake_webui.install()
-    import lib_chroma.webui.a1111 as a1111
-
-    importlib.reload(a1111)
-    a1111.register_callbacks()
-    h.a1111 = a1111
-    yield h
-    a1111.reset()
-    fake_webui.uninstall()
 
 
 def make_p(h, **kw):

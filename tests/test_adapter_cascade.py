@@ -4,7 +4,6 @@ steps aside. The real WebUI runs it in tests/webui."""
 
 from __future__ import annotations
 
-import importlib
 import types
 
 import pytest
@@ -15,19 +14,6 @@ from lib_chroma.schedule import model_schedule, sampler_sigmas
 from lib_chroma.webui import cascade_setup as CS
 from tests import fake_webui
 from tests.test_adapter import Inner, conds, make_p
-
-
-@pytest.fixture()
-def web():
-    h = fake_webui.install()
-    import lib_chroma.webui.a1111 as a1111
-
-    importlib.reload(a1111)
-    a1111.register_callbacks()
-    h.a1111 = a1111
-    yield h
-    a1111.reset()
-    fake_webui.uninstall()
 
 
 class FakeSampler:

@@ -12,6 +12,7 @@ scale-shift time embedding. It runs at any input size: inputs whose sides are no
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 NUM_TIMESTEPS = 1000
 BETA_START = 0.00085
 BETA_END = 0.012
+M = TypeVar("M", bound=nn.Module)
 
 
 def scaled_linear_alphas_cumprod(n: int = NUM_TIMESTEPS) -> torch.Tensor:
@@ -36,6 +38,13 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def zero_init(layer: M) -> M:
+    """``layer`` with its weight and bias set to zero (after its own initialisation has drawn from the RNG)."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class ResBlock(nn.Module):
     """``h = conv(SiLU(GN(x))); h = GN(h) * (1 + scale) + shift; out = skip(x) + conv(SiLU(h))``."""
 
@@ -45,9 +54,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(temb, 2 * cout)
         self.norm2 = nn.GroupNorm(8, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        self.conv2 = zero_init(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -57,7 +64,50 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
-class TinyUNet(nn.Module):
+class UNetBase(nn.Module):
+    """What the toy UNets share: the time-embedding MLP and input convolution (:meth:`_init_stem`), the output
+    head (:meth:`_init_head`), padding of the input to a multiple of ``2^(levels-1)`` and the time embedding.
+    A subclass fills ``self.down`` with one entry per level."""
+
+    down: nn.ModuleList
+
+    def _init_stem(self, in_ch: int, ch: int, temb: int) -> None:
+        """Create ``time_mlp`` (Linear-SiLU-Linear of width ``temb``) and ``inp`` (3x3 conv ``in_ch -> ch``)."""
+        self.temb_dim = temb
+        self.time_mlp = nn.Sequential(nn.Linear(temb, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.inp = nn.Conv2d(in_ch, ch, 3, padding=1)
+
+    def _init_head(self, ch: int, out_ch: int) -> None:
+        """Create ``out_norm`` (GroupNorm) and ``out`` (zero-initialised 3x3 conv ``ch -> out_ch``)."""
+        self.out_norm = nn.GroupNorm(8, ch)
+        self.out = zero_init(nn.Conv2d(ch, out_ch, 3, padding=1))
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are padded to a multiple of ``2^(levels-1)``."""
+        return 2 ** (len(self.down) - 1)
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """``x`` replicate-padded at the bottom and right to sides that are multiples of :attr:`multiple`, and
+        its original sides ``(h0, w0)``."""
+        h0, w0 = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h0) % m, (-w0) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x, h0, w0
+
+    def _embed_time(self, t: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        """``time_mlp`` of the sinusoidal embedding of ``t`` (scalar or ``(B,)``, may be real), one row per item."""
+        t = torch.as_tensor(t, device=device).reshape(-1).expand(batch)
+        return self.time_mlp(timestep_embedding(t, self.temb_dim))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """``out(SiLU(out_norm(h)))``."""
+        return self.out(F.silu(self.out_norm(h)))
+
+
+class TinyUNet(UNetBase):
     """UNet with ``channels[i]`` channels and ``blocks[i]`` residual blocks at resolution ``1/2^i``."""
 
     def __init__(
@@ -72,9 +122,7 @@ class TinyUNet(nn.Module):
         if len(channels) != len(blocks):
             raise ValueError(f"channels {channels} and blocks {blocks} must have the same length")
         self.config = {"in_ch": in_ch, "channels": list(channels), "blocks": list(blocks), "temb": temb}
-        self.temb_dim = temb
-        self.time_mlp = nn.Sequential(nn.Linear(temb, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.inp = nn.Conv2d(in_ch, channels[0], 3, padding=1)
+        self._init_stem(in_ch, channels[0], temb)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         skips = []
@@ -99,25 +147,12 @@ class TinyUNet(nn.Module):
             self.up.append(level)
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
-        self.out_norm = nn.GroupNorm(8, c)
-        self.out = nn.Conv2d(c, in_ch, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    @property
-    def multiple(self) -> int:
-        """Input sides are padded to a multiple of ``2^(levels-1)``."""
-        return 2 ** (len(self.down) - 1)
+        self._init_head(c, in_ch)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predict ``eps`` for ``x_t`` at DDPM timesteps ``t`` (shape ``(B,)`` or scalar; may be real)."""
-        h0, w0 = x.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h0) % m, (-w0) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        emb = self.time_mlp(timestep_embedding(t, self.temb_dim))
+        x, h0, w0 = self._pad(x)
+        emb = self._embed_time(t, x.shape[0], x.device)
         h = self.inp(x)
         hs = []
         for i, level in enumerate(self.down):
@@ -133,8 +168,7 @@ class TinyUNet(nn.Module):
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        out = self.out(F.silu(self.out_norm(h)))
-        return out[..., :h0, :w0]
+        return self._head(h)[..., :h0, :w0]
 
 
 def param_count(model: nn.Module) -> int:

@@ -33,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -73,19 +74,22 @@ class ImageScore:
     clipped: float
 
 
-def _as_numpy(images: object) -> np.ndarray:
-    """Tensor or array to float64 numpy ``(N, C, H, W)``."""
+def as_batch(images: object, channels: int | None = None) -> np.ndarray:
+    """Tensor or array to float64 numpy ``(N, C, H, W)`` (a single ``(C, H, W)`` image gets ``N = 1``);
+    with ``channels``, ``C`` must equal it."""
     if hasattr(images, "detach"):
         images = images.detach().float().cpu().numpy()  # type: ignore[attr-defined]
     x = np.asarray(images, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"images: expected (C,H,W) or (N,C,H,W), got shape {x.shape}")
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        c = "C" if channels is None else channels
+        raise ValueError(f"images: expected ({c},H,W) or (N,{c},H,W), got shape {x.shape}")
     return x
 
 
-def _grid_key(g: int | tuple[int, int]) -> str:
+def grid_key(g: int | tuple[int, int]) -> str:
+    """Name of a block grid in scores and summaries: ``"g"`` for ``g x g``, ``"gyxgx"`` for ``(gy, gx)``."""
     return str(g) if isinstance(g, int) else f"{g[0]}x{g[1]}"
 
 
@@ -119,24 +123,99 @@ def blockiness(img: np.ndarray, grid: int | tuple[int, int]) -> float:
     return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
 
 
-@dataclasses.dataclass
-class _Raw:
-    """Intermediate measurements of one image, before normalising by the data's statistics."""
+Component = tuple[float, np.ndarray, np.ndarray]  # (area in units^2, filled mask, own pixels)
 
-    n_objects: int
-    n_specks: int
-    n_eyes: int
-    radius: float
+
+def light_components(
+    mask: np.ndarray, sy: float, sx: float, min_area: float
+) -> tuple[list[Component], list[Component], np.ndarray]:
+    """The 8-connected components of ``mask``, each closed by a 3 x 3 square and hole-filled: all of them,
+    the objects (filled area at least ``min_area`` units^2) largest first, and the union of all filled masks."""
+    lab, n = label(mask, conn8=True)
+    comps = []
+    any_light = np.zeros(mask.shape, dtype=bool)
+    for k in range(1, n + 1):
+        filled = fill_holes(close(lab == k))  # closing: a 1-px break does not open a hole
+        any_light |= filled
+        comps.append((filled.sum() / (sx * sy), filled, lab == k))
+    objects = sorted((c for c in comps if c[0] >= min_area), key=lambda c: -c[0])
+    return comps, objects, any_light
+
+
+def background(any_light: np.ndarray, margin: int, border: int) -> np.ndarray:
+    """Pixels more than ``margin`` px (square distance) from ``any_light`` and at least ``border`` px from the
+    image border."""
+    bg = ~dilate(any_light, margin)
+    bg[:border], bg[-border:], bg[:, :border], bg[:, -border:] = False, False, False, False
+    return bg
+
+
+def highpass_energy(img: np.ndarray) -> np.ndarray:
+    """Per-pixel high-frequency energy of a ``(C, H, W)`` image: channel mean of ``(x - box3(x))^2``."""
+    return ((img - box3(img)) ** 2).mean(0)
+
+
+def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of ``values`` over ``mask``; NaN for an empty mask."""
+    return float(values[mask].mean()) if mask.any() else math.nan
+
+
+def moments(
+    ys: np.ndarray, xs: np.ndarray, sy: float, sx: float, pixel_spread: bool = False
+) -> tuple[float, float, float]:
+    """Centroid ``(cx, cy)`` in units and aspect ``sqrt(l1 / l2)`` of the pixel set's second moments (1 for a
+    single pixel); with ``pixel_spread`` the covariance gets ``I / (12 sx sy)``, each pixel's own spread."""
+    v, u = (ys + 0.5) / sy, (xs + 0.5) / sx
+    if len(u) < 2:
+        return float(u.mean()), float(v.mean()), 1.0
+    cov = np.cov(np.stack([u, v]))
+    if pixel_spread:
+        cov = cov + np.eye(2) / (12 * sx * sy)
+    ev = np.linalg.eigvalsh(cov)
+    return float(u.mean()), float(v.mean()), float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
+
+
+class ObjectShape(NamedTuple):
+    """Geometry of an object in units: centroid, aspect (see :func:`moments`), equivalent radius, extent (the
+    farthest pixel from the centroid over the radius) and its longest contact with an image border."""
+
+    cx: float
+    cy: float
     aspect: float
+    radius: float
     extent: float
-    inside: bool
-    eyes_ok: bool
-    detail_raw: float
-    edge_raw: float
+    contact: float
 
 
-def _eyes_ok(eyes: list[tuple[float, float, float]], cx: float, cy: float, r: float) -> bool:
-    """Two eyes ``(x, y, area)`` in units: one each side of ``cx``, both above ``cy``, level, spaced apart."""
+def object_shape(filled: np.ndarray, area: float, sy: float, sx: float, pixel_spread: bool = False) -> ObjectShape:
+    """:class:`ObjectShape` of the filled mask ``filled`` of ``area`` units^2."""
+    yy, xx = np.nonzero(filled)
+    cx, cy, aspect = moments(yy, xx, sy, sx, pixel_spread)
+    radius = math.sqrt(area / math.pi)
+    extent = float(np.sqrt(((xx + 0.5) / sx - cx) ** 2 + ((yy + 0.5) / sy - cy) ** 2).max() / radius)
+    contact = max(filled[0].sum() / sx, filled[-1].sum() / sx, filled[:, 0].sum() / sy, filled[:, -1].sum() / sy)
+    return ObjectShape(cx, cy, aspect, radius, extent, contact)
+
+
+def eye_blobs(dark: np.ndarray, eye_r: float, sy: float, sx: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The 4-connected components of ``dark`` with at least 15% of the area of a round eye of radius ``eye_r``
+    (and one pixel), as ``(ys, xs, area in units^2)``."""
+    elab, en = label(dark, conn8=False)
+    min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * eye_r**2)
+    blobs = []
+    for k in range(1, en + 1):
+        ey, ex = np.nonzero(elab == k)
+        a = len(ey) / (sx * sy)
+        if a >= min_eye:
+            blobs.append((ey, ex, a))
+    return blobs
+
+
+def eyes_placed_like_a_face(
+    eyes: list[tuple[float, float, float]], cx: float, cy: float, r: float, spacing: tuple[float, float] = (0.35, 1.3)
+) -> bool:
+    """Two eyes ``(x, y, area)`` in units: one each side of ``cx``, both above ``cy``, ``|y1 - y2| < 0.35 r``,
+    ``spacing[0] r < x2 - x1 < spacing[1] r`` and areas within a factor 3."""
     if len(eyes) != 2:
         return False
     (x1, y1, a1), (x2, y2, a2) = sorted(eyes)
@@ -145,72 +224,80 @@ def _eyes_ok(eyes: list[tuple[float, float, float]], cx: float, cy: float, r: fl
         and y1 < cy
         and y2 < cy
         and abs(y1 - y2) < 0.35 * r
-        and 0.35 * r < x2 - x1 < 1.3 * r
+        and spacing[0] * r < x2 - x1 < spacing[1] * r
         and 1 / 3 < a1 / a2 < 3
     )
+
+
+@dataclasses.dataclass
+class Geometry:
+    """Segmentation of one image: object and speck counts, the main object's shape and its eyes (NaN / -1 without
+    an object)."""
+
+    n_objects: int
+    n_specks: int
+    radius: float
+    aspect: float
+    extent: float
+    inside: bool
+    n_eyes: int
+    eyes_ok: bool
+
+    def round_ok(self, max_aspect: float, max_extent: float) -> bool:
+        """Whether there is an object with ``aspect <= max_aspect`` and ``extent <= max_extent``, not cut by the
+        image border."""
+        return bool(self.n_objects >= 1 and self.aspect <= max_aspect and self.extent <= max_extent and self.inside)
+
+
+def geometry_fields(
+    n_comps: int,
+    n_objects: int,
+    obj: ObjectShape,
+    eyes: list[tuple[float, float, float]],
+    spacing: tuple[float, float] = (0.35, 1.3),
+) -> dict[str, Any]:
+    """The :class:`Geometry` fields of an image with ``n_comps`` light components, ``n_objects`` of them objects,
+    whose main object ``obj`` has ``eyes`` (``(x, y, area)``; ``spacing`` as in :func:`eyes_placed_like_a_face`)."""
+    return {
+        "n_objects": n_objects,
+        "n_specks": n_comps - n_objects,
+        "radius": obj.radius,
+        "aspect": obj.aspect,
+        "extent": obj.extent,
+        "inside": bool(obj.contact <= MAX_BORDER_CONTACT * obj.radius),
+        "n_eyes": len(eyes),
+        "eyes_ok": eyes_placed_like_a_face(eyes, obj.cx, obj.cy, obj.radius, spacing),
+    }
+
+
+@dataclasses.dataclass
+class _Raw(Geometry):
+    """Intermediate measurements of one image, before normalising by the data's statistics."""
+
+    detail_raw: float
+    edge_raw: float
 
 
 def _measure(img: np.ndarray, base: int) -> _Raw:
     """Segment objects and eyes and measure the raw high-frequency energies of one ``(C, H, W)`` image."""
     _, h, w = img.shape
     sy, sx = h / base, w / base
-    s = math.sqrt(sx * sy)
     lum = img.mean(0)
-    lab, n = label(lum > LIGHT_THR, conn8=True)
-    comps = []
-    for k in range(1, n + 1):
-        filled = fill_holes(close(lab == k))  # closing: a 1-px break does not open a hole
-        comps.append((filled.sum() / (sx * sy), filled, lab == k))
-    objects = [c for c in comps if c[0] >= MIN_OBJECT_AREA]
-    objects.sort(key=lambda c: -c[0])
-    any_light = np.zeros((h, w), dtype=bool)
-    for _, filled, _ in comps:
-        any_light |= filled
-    hp2 = ((img - box3(img)) ** 2).mean(0)
-    margin = max(1, math.ceil(1.5 * s))
-    bg = ~dilate(any_light, margin)
-    bg[:1], bg[-1:], bg[:, :1], bg[:, -1:] = False, False, False, False
-    detail_raw = float(hp2[bg].mean()) if bg.any() else float("nan")
+    comps, objects, any_light = light_components(lum > LIGHT_THR, sy, sx, MIN_OBJECT_AREA)
+    hp2 = highpass_energy(img)
+    margin = max(1, math.ceil(1.5 * math.sqrt(sx * sy)))
+    detail_raw = masked_mean(hp2, background(any_light, margin, 1))
     if not objects:
-        return _Raw(0, len(comps), -1, math.nan, math.nan, math.nan, False, False, detail_raw, math.nan)
+        return _Raw(0, len(comps), math.nan, math.nan, math.nan, False, -1, False, detail_raw, math.nan)
     area, filled, light = objects[0]
-    yy, xx = np.nonzero(filled)
-    v, u = (yy + 0.5) / sy, (xx + 0.5) / sx
-    cy, cx = v.mean(), u.mean()
-    cov = np.cov(np.stack([u, v])) if len(u) > 1 else np.eye(2)
-    ev = np.linalg.eigvalsh(cov)
-    aspect = float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
-    radius = math.sqrt(area / math.pi)
-    extent = float(np.sqrt((u - cx) ** 2 + (v - cy) ** 2).max() / radius)
-    contact = max(
-        filled[0].sum() / sx, filled[-1].sum() / sx, filled[:, 0].sum() / sy, filled[:, -1].sum() / sy
-    )
-    inside = bool(contact <= MAX_BORDER_CONTACT * radius)
+    obj = object_shape(filled, area, sy, sx)
     face_lum = float(np.median(lum[light]))
     dark = ortho_hull(filled) & (lum < 0.5 * (face_lum + EYE_LUM))
-    elab, en = label(dark, conn8=False)
-    er = data.eye_layout(radius)[2]
-    min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * er**2)
-    eyes = []
-    for k in range(1, en + 1):
-        ey, ex = np.nonzero(elab == k)
-        a = len(ey) / (sx * sy)
-        if a >= min_eye:
-            eyes.append((float((ex + 0.5).mean() / sx), float((ey + 0.5).mean() / sy), a))
+    blobs = eye_blobs(dark, data.eye_layout(obj.radius)[2], sy, sx)
+    eyes = [(float((ex + 0.5).mean() / sx), float((ey + 0.5).mean() / sy), a) for ey, ex, a in blobs]
     band = dilate(filled, 1) & ~erode(filled, 1)
-    edge_raw = float(hp2[band].mean()) if band.any() else math.nan
-    return _Raw(
-        n_objects=len(objects),
-        n_specks=len(comps) - len(objects),
-        n_eyes=len(eyes),
-        radius=radius,
-        aspect=aspect,
-        extent=extent,
-        inside=inside,
-        eyes_ok=_eyes_ok(eyes, cx, cy, radius),
-        detail_raw=detail_raw,
-        edge_raw=edge_raw,
-    )
+    geometry = geometry_fields(len(comps), len(objects), obj, eyes)
+    return _Raw(**geometry, detail_raw=detail_raw, edge_raw=masked_mean(hp2, band))
 
 
 @functools.lru_cache(maxsize=32)
@@ -232,15 +319,13 @@ def score_image(
     img: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
 ) -> ImageScore:
     """Score one ``(C, H, W)`` image (see the module docstring for every field)."""
-    x = _as_numpy(img)[0]
+    x = as_batch(img)[0]
     _, h, w = x.shape
     raw = _measure(x, base)
     ref = reference_stats(h, w, base)
     grids = default_grids(h, w, base) if grids is None else grids
     size_ok = bool(SIZE_RANGE[0] <= raw.radius <= SIZE_RANGE[1])
-    round_ok = bool(
-        raw.n_objects >= 1 and raw.aspect <= MAX_ASPECT and raw.extent <= MAX_EXTENT and raw.inside
-    )
+    round_ok = raw.round_ok(MAX_ASPECT, MAX_EXTENT)
     proper = bool(raw.n_objects == 1 and round_ok and raw.eyes_ok)
     return ImageScore(
         n_objects=raw.n_objects,
@@ -257,7 +342,7 @@ def score_image(
         proper_at_scale=proper and size_ok,
         detail=raw.detail_raw / ref["detail_raw"],
         edge_sharpness=raw.edge_raw / ref["edge_raw"],
-        blockiness={_grid_key(g): blockiness(x, g) for g in grids},
+        blockiness={grid_key(g): blockiness(x, g) for g in grids},
         clipped=float((np.abs(x) > 1.0).mean()),
     )
 
@@ -266,7 +351,33 @@ def score_images(
     images: object, base: int = data.BASE, grids: Sequence[int | tuple[int, int]] | None = None
 ) -> list[ImageScore]:
     """Score every image of an ``(N, C, H, W)`` batch."""
-    return [score_image(img, base, grids) for img in _as_numpy(images)]
+    return [score_image(img, base, grids) for img in as_batch(images)]
+
+
+def rate(scores: Sequence[Any], pred: Callable[[Any], object]) -> float:
+    """Fraction of ``scores`` for which ``pred`` holds."""
+    return float(np.mean([bool(pred(s)) for s in scores]))
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """Mean of ``values`` skipping NaNs; NaN when no value is finite."""
+    vals = np.array(values, dtype=np.float64)
+    return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+
+
+def face_rates(scores: Sequence[Any]) -> dict[str, float]:
+    """``one_object``, ``two_eyes`` (one object with exactly two eyes) and ``proper_face`` rates of a non-empty
+    batch of scores (of either toy's scorer)."""
+    return {
+        "one_object": rate(scores, lambda s: s.n_objects == 1),
+        "two_eyes": rate(scores, lambda s: s.n_objects == 1 and s.n_eyes == 2),
+        "proper_face": rate(scores, lambda s: s.proper_face),
+    }
+
+
+def blockiness_means(scores: Sequence[Any]) -> dict[str, float]:
+    """``blockiness_<g>``: the mean blockiness per grid of a non-empty batch of scores."""
+    return {f"blockiness_{key}": float(np.mean([s.blockiness[key] for s in scores])) for key in scores[0].blockiness}
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict[str, float]:
@@ -280,23 +391,12 @@ def summarize(scores: Sequence[ImageScore]) -> dict[str, float]:
     out: dict[str, float] = {"n": float(n)}
     if n == 0:
         return out
-
-    def rate(pred: object) -> float:
-        return float(np.mean([bool(pred(s)) for s in scores]))  # type: ignore[operator]
-
-    def mean(field: str) -> float:
-        vals = np.array([getattr(s, field) for s in scores], dtype=np.float64)
-        return float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-
-    out["one_object"] = rate(lambda s: s.n_objects == 1)
-    out["two_eyes"] = rate(lambda s: s.n_objects == 1 and s.n_eyes == 2)
-    out["proper_face"] = rate(lambda s: s.proper_face)
-    out["proper_at_scale"] = rate(lambda s: s.proper_at_scale)
-    out["size_ok"] = rate(lambda s: s.size_ok)
+    out.update(face_rates(scores))
+    out["proper_at_scale"] = rate(scores, lambda s: s.proper_at_scale)
+    out["size_ok"] = rate(scores, lambda s: s.size_ok)
     for field in ("size_rel", "detail", "edge_sharpness", "clipped"):
-        out[field] = mean(field)
-    for key in scores[0].blockiness:
-        out[f"blockiness_{key}"] = float(np.mean([s.blockiness[key] for s in scores]))
+        out[field] = finite_mean([getattr(s, field) for s in scores])
+    out.update(blockiness_means(scores))
     return out
 
 

@@ -50,6 +50,27 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     return model.to(device).eval()
 
 
+def cosine_lr(lr: float, step: int, steps: int, warmup: int) -> float:
+    """Learning rate at ``step`` of ``steps``: ``lr min(1, (step + 1) / warmup) (1 + cos(pi step / steps)) / 2``
+    (linear warm-up, cosine decay)."""
+    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """In place, parameter by parameter: ``ema <- d ema + (1 - d) model``, ``d = min(decay, (1 + step) / (10 +
+    step))``."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.mul_(d).add_(pm, alpha=1 - d)
+
+
+def noised(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """DDPM forward process: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` per batch item."""
+    a = abar[t][:, None, None, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
 def train(
     steps: int = 3600,
     batch: int = 32,
@@ -80,9 +101,8 @@ def train(
         x0 = torch.from_numpy(data.make_batch(batch, seed * 1_000_003 + step, res)[0])
         t = torch.randint(0, len(abar), (batch,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
-        a = abar[t][:, None, None, None]
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        cur_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        xt = noised(x0, t, eps, abar)
+        cur_lr = cosine_lr(lr, step, steps, warmup)
         for g in opt.param_groups:
             g["lr"] = cur_lr
         loss = (model(xt, t) - eps).pow(2).mean()
@@ -90,10 +110,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(d).add_(pm, alpha=1 - d)
+        ema_update(ema, model, step, ema_decay)
         run_loss += loss.item()
         if log_every and (step + 1) % log_every == 0:
             el = time.time() - t0

@@ -45,8 +45,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lib_chroma.toy.morph import box3, close, dilate, erode, fill_holes, label, ortho_hull
-from lib_chroma.toy.scorer import blockiness
+from lib_chroma.toy.morph import erode, ortho_hull
+from lib_chroma.toy.scorer import (
+    Geometry,
+    as_batch,
+    background,
+    blockiness,
+    blockiness_means,
+    eye_blobs,
+    face_rates,
+    finite_mean,
+    geometry_fields,
+    grid_key,
+    highpass_energy,
+    light_components,
+    masked_mean,
+    moments,
+    object_shape,
+)
 
 from . import data
 
@@ -54,7 +70,7 @@ OBJECT_THR = 0.5 * (data.BG_MAX + data.FACE_MIN)
 MIN_OBJECT_AREA = 0.3 * math.pi * data.RADIUS["small"][0] ** 2
 MAX_ASPECT = 1.3
 MAX_EXTENT = 1.35
-MAX_BORDER_CONTACT = 0.8
+EYE_SPACING = (0.5, 1.4)
 EYE_ASPECT_SPLIT = 1.45
 EYE_DEPTH = 0.4
 COHERENCE_SPLIT = 0.5
@@ -85,43 +101,6 @@ class ImageScore:
     blockiness: dict[str, float]
     mean_rgb: tuple[float, float, float]
     face_rgb: tuple[float, float, float]
-
-
-def _as_numpy(images: object) -> np.ndarray:
-    """Tensor or array to float64 numpy ``(N, 3, H, W)``."""
-    if hasattr(images, "detach"):
-        images = images.detach().float().cpu().numpy()  # type: ignore[attr-defined]
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images: expected (3,H,W) or (N,3,H,W), got shape {x.shape}")
-    return x
-
-
-def _moments(ys: np.ndarray, xs: np.ndarray, sy: float, sx: float) -> tuple[float, float, float]:
-    """Centroid ``(cx, cy)`` in units and aspect ``sqrt(l1 / l2)`` of the pixel set's second moments."""
-    v, u = (ys + 0.5) / sy, (xs + 0.5) / sx
-    if len(u) < 2:
-        return float(u.mean()), float(v.mean()), 1.0
-    ev = np.linalg.eigvalsh(np.cov(np.stack([u, v])) + np.eye(2) / (12 * sx * sy))
-    return float(u.mean()), float(v.mean()), float(math.sqrt(max(ev[1], 1e-12) / max(ev[0], 1e-12)))
-
-
-def eyes_placed_like_a_face(eyes: list[tuple[float, float, float]], cx: float, cy: float, r: float) -> bool:
-    """Two eyes ``(x, y, area)`` in units: one each side of ``cx``, both above ``cy``, ``|y1 - y2| < 0.35 r``,
-    ``0.5 r < x2 - x1 < 1.4 r`` and areas within a factor 3."""
-    if len(eyes) != 2:
-        return False
-    (x1, y1, a1), (x2, y2, a2) = sorted(eyes)
-    return (
-        x1 < cx < x2
-        and y1 < cy
-        and y2 < cy
-        and abs(y1 - y2) < 0.35 * r
-        and 0.5 * r < x2 - x1 < 1.4 * r
-        and 1 / 3 < a1 / a2 < 3
-    )
 
 
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -160,17 +139,9 @@ def _texture_class(coh: float, skew: float) -> str | None:
 
 
 @dataclasses.dataclass
-class _Raw:
+class _Raw(Geometry):
     """Measurements of one image before normalising by the data's statistics."""
 
-    n_objects: int
-    n_specks: int
-    n_eyes: int
-    radius: float
-    aspect: float
-    extent: float
-    inside: bool
-    eyes_ok: bool
     eye_aspect: float
     coherence: float
     skew: float
@@ -183,61 +154,34 @@ def _measure(img: np.ndarray) -> _Raw:
     """Segment, read and measure one ``(3, H, W)`` image."""
     _, h, w = img.shape
     sy, sx = h / data.BASE, w / data.BASE
-    s = math.sqrt(sx * sy)
     vmax = img.max(0)
     lum = img.mean(0)
-    lab, n = label(vmax > OBJECT_THR, conn8=True)
-    comps = []
-    any_light = np.zeros((h, w), dtype=bool)
-    for k in range(1, n + 1):
-        filled = fill_holes(close(lab == k))
-        any_light |= filled
-        comps.append((filled.sum() / (sx * sy), filled, lab == k))
-    objects = sorted((c for c in comps if c[0] >= MIN_OBJECT_AREA), key=lambda c: -c[0])
-    bg = ~dilate(any_light, max(1, math.ceil(2 * s)))
-    bg[:2], bg[-2:], bg[:, :2], bg[:, -2:] = False, False, False, False
-    hp2 = ((img - box3(img)) ** 2).mean(0)
-    detail_raw = float(hp2[bg].mean()) if bg.any() else math.nan
+    comps, objects, any_light = light_components(vmax > OBJECT_THR, sy, sx, MIN_OBJECT_AREA)
+    bg = background(any_light, max(1, math.ceil(2 * math.sqrt(sx * sy))), 2)
+    detail_raw = masked_mean(highpass_energy(img), bg)
     coh, skew = texture_features(lum, bg, sy, sx)
     nan3 = (math.nan, math.nan, math.nan)
     if not objects:
-        return _Raw(0, len(comps), -1, math.nan, math.nan, math.nan, False, False, math.nan, coh, skew, math.nan,
+        return _Raw(0, len(comps), math.nan, math.nan, math.nan, False, -1, False, math.nan, coh, skew, math.nan,
                     nan3, detail_raw)
     area, filled, light = objects[0]
-    yy, xx = np.nonzero(filled)
-    cx, cy, aspect = _moments(yy, xx, sy, sx)
-    radius = math.sqrt(area / math.pi)
-    extent = float(np.sqrt(((xx + 0.5) / sx - cx) ** 2 + ((yy + 0.5) / sy - cy) ** 2).max() / radius)
-    contact = max(filled[0].sum() / sx, filled[-1].sum() / sx, filled[:, 0].sum() / sy, filled[:, -1].sum() / sy)
+    obj = object_shape(filled, area, sy, sx, pixel_spread=True)
     core = erode(light, 1)
     face_px = img[:, core] if core.any() else img[:, light]
     face_rgb = tuple(float(v) for v in np.median(face_px, axis=1))
     face_v = float(np.median(vmax[light]))
     dark = ortho_hull(filled) & (vmax < face_v - EYE_DEPTH * (face_v - data.EYE_MAX))
-    elab, en = label(dark, conn8=False)
-    e = data.eye_layout(radius)[2]
-    min_eye = max(1.0 / (sx * sy), 0.15 * math.pi * e**2)
     eyes, aspects = [], []
-    for k in range(1, en + 1):
-        ey, ex = np.nonzero(elab == k)
-        a = len(ey) / (sx * sy)
-        if a >= min_eye:
-            mx, my, asp = _moments(ey, ex, sy, sx)
-            eyes.append((mx, my, a))
-            aspects.append(asp)
+    for ey, ex, a in eye_blobs(dark, data.eye_layout(obj.radius)[2], sy, sx):
+        mx, my, asp = moments(ey, ex, sy, sx, pixel_spread=True)
+        eyes.append((mx, my, a))
+        aspects.append(asp)
     return _Raw(
-        n_objects=len(objects),
-        n_specks=len(comps) - len(objects),
-        n_eyes=len(eyes),
-        radius=radius,
-        aspect=aspect,
-        extent=extent,
-        inside=bool(contact <= MAX_BORDER_CONTACT * radius),
-        eyes_ok=eyes_placed_like_a_face(eyes, cx, cy, radius),
+        **geometry_fields(len(comps), len(objects), obj, eyes, EYE_SPACING),
         eye_aspect=float(np.mean(aspects)) if aspects else math.nan,
         coherence=coh,
         skew=skew,
-        cx=cx,
+        cx=obj.cx,
         face_rgb=face_rgb,  # type: ignore[arg-type]
         detail_raw=detail_raw,
     )
@@ -264,16 +208,12 @@ def reference_detail(h: int, w: int, n: int = 64, seed: int = 20260) -> float:
     return float(np.nanmean([_measure(img.astype(np.float64)).detail_raw for img in x]))
 
 
-def _grid_key(g: int | tuple[int, int]) -> str:
-    return str(g) if isinstance(g, int) else f"{g[0]}x{g[1]}"
-
-
 def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> ImageScore:
     """Score one ``(3, H, W)`` image; ``grids``: pixel block sizes for blockiness (e.g. ``(8,)`` at 2x, f=4)."""
-    x = _as_numpy(img)[0]
+    x = as_batch(img, 3)[0]
     _, h, w = x.shape
     raw = _measure(x)
-    round_ok = bool(raw.n_objects >= 1 and raw.aspect <= MAX_ASPECT and raw.extent <= MAX_EXTENT and raw.inside)
+    round_ok = raw.round_ok(MAX_ASPECT, MAX_EXTENT)
     return ImageScore(
         n_objects=raw.n_objects,
         n_specks=raw.n_specks,
@@ -289,7 +229,7 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
         skew=raw.skew,
         attrs=read_attributes(raw),
         detail=raw.detail_raw / reference_detail(h, w),
-        blockiness={_grid_key(g): blockiness(x, g) for g in grids},
+        blockiness={grid_key(g): blockiness(x, g) for g in grids},
         mean_rgb=tuple(float(v) for v in x.mean(axis=(1, 2))),  # type: ignore[arg-type]
         face_rgb=raw.face_rgb,
     )
@@ -297,7 +237,7 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
 
 def score_images(images: object, grids: Sequence[int | tuple[int, int]] = ()) -> list[ImageScore]:
     """Score every image of an ``(N, 3, H, W)`` batch."""
-    return [score_image(img, grids) for img in _as_numpy(images)]
+    return [score_image(img, grids) for img in as_batch(images, 3)]
 
 
 def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | None = None) -> dict[str, float]:
@@ -313,13 +253,7 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
     out: dict[str, float] = {"n": float(n)}
     if n == 0:
         return out
-
-    def rate(pred: object) -> float:
-        return float(np.mean([bool(pred(s)) for s in scores]))  # type: ignore[operator]
-
-    out["one_object"] = rate(lambda s: s.n_objects == 1)
-    out["two_eyes"] = rate(lambda s: s.n_objects == 1 and s.n_eyes == 2)
-    out["proper_face"] = rate(lambda s: s.proper_face)
+    out.update(face_rates(scores))
     if targets is not None:
         if len(targets) != n:
             raise ValueError(f"targets: need one per score ({n}), got {len(targets)}")
@@ -329,14 +263,11 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
                 out[f"attr_{key}"] = float(np.mean(hits))
         out["all_attrs"] = float(np.mean([all(s.attrs[k] == v for k, v in t.items())
                                           for s, t in zip(scores, targets)]))
-    det = np.array([s.detail for s in scores])
-    out["detail"] = float(np.nanmean(det)) if np.isfinite(det).any() else math.nan
-    for key in scores[0].blockiness:
-        out[f"blockiness_{key}"] = float(np.mean([s.blockiness[key] for s in scores]))
+    out["detail"] = finite_mean([s.detail for s in scores])
+    out.update(blockiness_means(scores))
     for i, c in enumerate("rgb"):
         out[f"mean_{c}"] = float(np.mean([s.mean_rgb[i] for s in scores]))
-        face = np.array([s.face_rgb[i] for s in scores])
-        out[f"face_{c}"] = float(np.nanmean(face)) if np.isfinite(face).any() else math.nan
+        out[f"face_{c}"] = finite_mean([s.face_rgb[i] for s in scores])
     return out
 
 

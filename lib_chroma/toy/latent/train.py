@@ -39,6 +39,7 @@ import torch
 
 from lib_chroma.empirical import level_power
 from lib_chroma.toy.model import scaled_linear_alphas_cumprod
+from lib_chroma.toy.train import cosine_lr, ema_update, noised
 
 from . import data
 from .autoencoder import AutoEncoder, ae_loss
@@ -66,18 +67,6 @@ class LatentModel:
         return self
 
 
-def _cosine_lr(lr: float, step: int, steps: int, warmup: int) -> float:
-    """``lr min(1, (step + 1) / warmup) (1 + cos(pi step / steps)) / 2``."""
-    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-
-
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.mul_(d).add_(pm, alpha=1 - d)
-
-
 def train_autoencoder(steps: int = 3000, batch: int = 16, crop: int = 32, lr: float = 2e-3,
                       kl_weight: float = 1e-5, seed: int = 0, log_every: int = 250) -> AutoEncoder:
     """Stage 1 (module docstring); returns the autoencoder in eval mode, scale still 1."""
@@ -93,7 +82,7 @@ def train_autoencoder(steps: int = 3000, batch: int = 16, crop: int = 32, lr: fl
         oy, ox = (4 * torch.randint(0, (data.BASE - crop) // 4 + 1, (2,), generator=gen)).tolist()
         x = x[..., oy:oy + crop, ox:ox + crop]
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(lr, step, steps, 50)
+            g["lr"] = cosine_lr(lr, step, steps, 50)
         recon, mu, logvar = ae(x, gen)
         loss, _ = ae_loss(x, recon, mu, logvar, kl_weight)
         opt.zero_grad(set_to_none=True)
@@ -175,17 +164,16 @@ def train_diffusion(
                    for i in idx.tolist()]
         t = torch.randint(0, len(abar), (batch,), generator=gen)
         eps = torch.randn(z.shape, generator=gen)
-        a = abar[t][:, None, None, None]
-        zt = a.sqrt() * z + (1 - a).sqrt() * eps
+        zt = noised(z, t, eps, abar)
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(lr, step, steps, warmup)
+            g["lr"] = cosine_lr(lr, step, steps, warmup)
         loss = (unet(zt, t, text(tokenize(prompts))) - eps).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        _ema_update(ema_u, unet, step, ema_decay)
-        _ema_update(ema_t, text, step, ema_decay)
+        ema_update(ema_u, unet, step, ema_decay)
+        ema_update(ema_t, text, step, ema_decay)
         run += loss.item()
         if log_every and (step + 1) % log_every == 0:
             print(f"unet step {step + 1}/{steps} loss {run / log_every:.4f} {time.time() - t0:.0f}s", flush=True)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib_chroma.toy.model import ResBlock, timestep_embedding
+from lib_chroma.toy.model import ResBlock, UNetBase, zero_init
 
 #: Attention per level: none; ``cross`` (cross-attention to the prompt and FF, no self-attention: its cost grows
 #: with the square of the token count, which at the finest level is the whole latent); ``full`` (both).
@@ -63,9 +63,7 @@ class SpatialTransformer(nn.Module):
         self.attn1 = Attention(ch, ch, heads) if self_attn else None
         self.attn2 = Attention(ch, ctx_dim, heads)
         self.ff = nn.Sequential(nn.Linear(ch, ff_mult * ch), nn.GELU(), nn.Linear(ff_mult * ch, ch))
-        self.proj_out = nn.Conv2d(ch, ch, 1)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # noqa: D102
         b, c, hh, ww = x.shape
@@ -77,7 +75,7 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(h.transpose(1, 2).reshape(b, c, hh, ww))
 
 
-class LatentUNet(nn.Module):
+class LatentUNet(UNetBase):
     """``eps = unet(x_t, t, context)`` on latents ``(B, in_ch, H, W)`` of any size; see the module docstring."""
 
     def __init__(
@@ -99,9 +97,7 @@ class LatentUNet(nn.Module):
                 raise ValueError(f"attn: unknown kind {a!r}; allowed: {', '.join(ATTN_KINDS)}")
         self.config = {"in_ch": in_ch, "channels": list(channels), "blocks": list(blocks), "attn": list(attn),
                        "ctx_dim": ctx_dim, "heads": heads, "temb": temb}
-        self.temb_dim = temb
-        self.time_mlp = nn.Sequential(nn.Linear(temb, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.inp = nn.Conv2d(in_ch, channels[0], 3, padding=1)
+        self._init_stem(in_ch, channels[0], temb)
 
         def tf(ch: int, kind: str) -> nn.Module:
             if kind == "none":
@@ -134,28 +130,15 @@ class LatentUNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, channels[i - 1], 3, padding=1))
                 c = channels[i - 1]
-        self.out_norm = nn.GroupNorm(8, c)
-        self.out = nn.Conv2d(c, in_ch, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    @property
-    def multiple(self) -> int:
-        """Input sides are padded to a multiple of ``2^(levels-1)``."""
-        return 2 ** (len(self.down) - 1)
+        self._init_head(c, in_ch)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Predict ``eps`` for ``x_t`` at DDPM timesteps ``t`` (may be real) with prompt tokens ``context``
         ``(B, T, ctx_dim)``."""
-        h0, w0 = x.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h0) % m, (-w0) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x, h0, w0 = self._pad(x)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"context: {context.shape[0]} rows for {x.shape[0]} latents")
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        emb = self.time_mlp(timestep_embedding(t, self.temb_dim))
+        emb = self._embed_time(t, x.shape[0], x.device)
         h = self.inp(x)
         hs = []
         for i, (res, att) in enumerate(zip(self.down, self.down_attn)):
@@ -172,4 +155,4 @@ class LatentUNet(nn.Module):
                 h = tfm(h, context) if isinstance(tfm, SpatialTransformer) else h
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out(F.silu(self.out_norm(h)))[..., :h0, :w0]
+        return self._head(h)[..., :h0, :w0]
