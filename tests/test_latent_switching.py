@@ -126,3 +126,15 @@ def test_prompts_quick_bench_on_the_shipped_weights(tmp_path) -> None:
     assert by[("-", "detail prompt alone")]["detail_obtained"] > by[("-", "layout prompt alone")]["detail_obtained"]
     assert set(res["settling"]["5"]["settle_step"]) == set(data.ATTRIBUTES)
     assert "| complementary | A1111 [layout:detail:0.5] |" in (tmp_path / "prompts_1x_dpmpp_2m_6.md").read_text()
+
+
+def test_a_scheduler_moves_the_extension_switch_but_not_a1111s_fraction() -> None:
+    """The switch follows the noise level: on the Beta schedule (many steps at high sigma) sigma <= 4 comes at a
+    later step than on Karras, while [layout:detail:f] stays at the same step."""
+    karras = {(m.kind, m.level, m.fraction): m.switch_call for m in switching.methods(2, 5000, "dpmpp_2m", 20)}
+    beta = {(m.kind, m.level, m.fraction): m.switch_call
+            for m in switching.methods(2, 5000, "dpmpp_2m", 20, scheduler="Beta")}
+    sig = runs.latent_sigmas("dpmpp_2m", 20, "Beta")
+    assert not torch.equal(sig, runs.latent_sigmas("dpmpp_2m", 20))
+    assert beta[("extension", 4, None)] == switching.extension_switch_call(sig, 4) > karras[("extension", 4, None)]
+    assert all(beta[k] == v for k, v in karras.items() if k[0] == "a1111")

@@ -252,20 +252,24 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def run_prompts(model: LatentModel, n: int, seed: int, cfgs: list[float], sampler: str, steps: int,
-                factors: list[int], kinds: tuple[str, ...] = ("complementary", "conflicting")) -> dict[str, Any]:
+                factors: list[int], kinds: tuple[str, ...] = ("complementary", "conflicting"),
+                scheduler: str = "Automatic") -> dict[str, Any]:
     """The prompt-switch rows (:mod:`switching`) per factor and CFG, and the native settling record per CFG."""
     targets = text.prompt_set(n, seed)
     rows, settling = [], {}
     for cfg in cfgs:
-        tag = f"{sampler} {steps} cfg {cfg:g}"
-        settling[f"{cfg:g}"] = st = switching.attribute_settling(model, n, seed, sampler, steps, cfg)
+        tag = f"{sampler} {scheduler} {steps} cfg {cfg:g}"
+        settling[f"{cfg:g}"] = st = switching.attribute_settling(model, n, seed, sampler, steps, cfg,
+                                                                 scheduler=scheduler)
         print(f"[{tag}] attribute settle steps (0-based) {st['settle_step']}; level settle {st['level_settle']}, "
               f"band {st['band_settle']}, theory {st['level_theory']}; extension switch {st['switch_step']}",
               flush=True)
         for m in factors:
-            ms = switching.methods(n, seed, sampler, steps, m, kinds)
-            for r in switching.run_methods(model, ms, targets, seed, sampler, steps, cfg, factor=m, tag=f"{m}x {tag}"):
-                rows.append({**r, "factor": m, "cfg": cfg, "sampler": sampler, "steps": steps, "n": n, "seed": seed})
+            ms = switching.methods(n, seed, sampler, steps, m, kinds, scheduler)
+            for r in switching.run_methods(model, ms, targets, seed, sampler, steps, cfg, factor=m, tag=f"{m}x {tag}",
+                                           scheduler=scheduler):
+                rows.append({**r, "factor": m, "cfg": cfg, "sampler": sampler, "scheduler": scheduler,
+                             "steps": steps, "n": n, "seed": seed})
     return {"rows": rows, "settling": settling}
 
 
@@ -299,6 +303,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="time-dependent prompt rows at --factors (1 = native) and --cfg")
     p.add_argument("--pairs", nargs="+", choices=("complementary", "conflicting"),
                    default=["complementary", "conflicting"], help="with --prompts: which prompt pairs")
+    p.add_argument("--scheduler", default="Automatic", help="with --prompts: an A1111 scheduler label (Karras, Beta…)")
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...", help="an extra guided row")
     p.add_argument("--only-plans", action="store_true", help="no standard guided rows, only --plan rows")
     p.add_argument("--no-baselines", action="store_true", help="no upscale and hires rows")
@@ -318,8 +323,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     if args.prompts:
         factors = [1] if args.quick else factors
         rec = run_prompts(model, n, args.seed, args.cfg[:1] if args.quick else args.cfg, args.sampler, steps,
-                          factors, tuple(args.pairs))
-        name = f"prompts_{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
+                          factors, tuple(args.pairs), args.scheduler)
+        sched = "" if args.scheduler == "Automatic" else f"_{args.scheduler.lower().replace(' ', '_')}"
+        name = f"prompts_{'_'.join(f'{m}x' for m in factors)}_{args.sampler}{sched}_{steps}"
         args.out.mkdir(parents=True, exist_ok=True)
         record = {"args": {k: str(v) for k, v in vars(args).items()}, "n": n, "wall_s": round(time.time() - t0, 1),
                   "threads": args.threads, **rec}

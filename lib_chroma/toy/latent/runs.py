@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, unpool
-from lib_chroma.schedule import img2img_sigmas
+from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 from lib_chroma.toy.runs import (
     A1111_HIRES_STRENGTH,
     DEFAULT_SAMPLER,
@@ -161,14 +161,18 @@ class CFGDenoiser(torch.nn.Module):
         return uncond + self.cfg * (cond - uncond)
 
 
-def latent_sigmas(sampler: str, steps: int) -> torch.Tensor:
-    """The sigmas A1111 gives ``sampler`` (k-diffusion name) with its "Automatic" scheduler on SD's schedule."""
-    return toy_sigmas(sampler, steps)
+def latent_sigmas(sampler: str, steps: int, scheduler: str = "Automatic") -> torch.Tensor:
+    """The sigmas A1111 gives ``sampler`` (k-diffusion name) with ``scheduler`` (an A1111 scheduler label) on SD's
+    schedule."""
+    if scheduler == "Automatic":
+        return toy_sigmas(sampler, steps)
+    return sampler_sigmas(a1111_label(sampler), scheduler, steps, toy_schedule())
 
 
-def make_plan(factor: tuple[int, int], steps: int, sampler: str = DEFAULT_SAMPLER, **kw: Any) -> GuidancePlan:
+def make_plan(factor: tuple[int, int], steps: int, sampler: str = DEFAULT_SAMPLER, scheduler: str = "Automatic",
+              **kw: Any) -> GuidancePlan:
     """``GuidancePlan.build(factor, sigmas=<the sampler's sigmas>, **kw)``."""
-    return GuidancePlan.build(factor, sigmas=latent_sigmas(sampler, steps), **kw)
+    return GuidancePlan.build(factor, sigmas=latent_sigmas(sampler, steps, scheduler), **kw)
 
 
 def _ks(sampler: str) -> Callable[..., torch.Tensor]:
@@ -202,16 +206,17 @@ def run_txt2img(
     detail: Sequence[dict[str, str] | str] | None = None,
     switch_call: int = 0,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    scheduler: str = "Automatic",
 ) -> torch.Tensor:
     """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring);
     ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`);
     ``detail``: the prompts that replace ``prompts`` from model call ``switch_call`` on (A1111's prompt
     editing, :class:`CFGDenoiser`); ``callback(start, info)``: k-diffusion's per-step callback for the batch
-    starting at sample ``start``."""
+    starting at sample ``start``; ``scheduler``: an A1111 scheduler label (:func:`latent_sigmas`)."""
     if detail is not None and len(detail) != len(prompts):
         raise ValueError(f"detail: need one per prompt ({len(prompts)}), got {len(detail)}")
     den = make_denoiser(unet)  # type: ignore[arg-type]
-    sigmas = latent_sigmas(sampler, steps).to(torch.float32)
+    sigmas = latent_sigmas(sampler, steps, scheduler).to(torch.float32)
     fn = _ks(sampler)
 
     def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:

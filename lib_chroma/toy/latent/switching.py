@@ -109,10 +109,10 @@ def switch_levels(factor: int) -> list[int]:
 
 
 def methods(n: int, seed: int, sampler: str, steps: int, factor: int = 1,
-            kinds: Sequence[str] = ("complementary", "conflicting")) -> list[Method]:
+            kinds: Sequence[str] = ("complementary", "conflicting"), scheduler: str = "Automatic") -> list[Method]:
     """The rows of one configuration, in table order (module docstring)."""
     targets, layout, detail = prompt_pairs(n, seed)
-    sig = runs.latent_sigmas(sampler, steps)
+    sig = runs.latent_sigmas(sampler, steps, scheduler)
     tup = tuple
     out = [Method("combined prompt", "reference", "-", tup(targets)),
            Method("layout prompt alone", "reference", "-", tup(layout)),
@@ -150,20 +150,20 @@ def switch_scores(scores: Sequence[scorer.ImageScore], targets: Sequence[dict[st
 @torch.no_grad()
 def run_methods(model: LatentModel, ms: Sequence[Method], targets: Sequence[dict[str, str]], seed: int,
                 sampler: str, steps: int, cfg: float, factor: int = 1, guided: bool = True,
-                batch: int = 32, tag: str = "") -> list[dict[str, Any]]:
+                batch: int = 32, tag: str = "", scheduler: str = "Automatic") -> list[dict[str, Any]]:
     """Sample, decode and score every method; at ``factor`` > 1 with ``guided``, under the library's default
     upsample guidance (:func:`runs.make_plan`)."""
     import time
 
     size = 16 * factor
-    plan = runs.make_plan((factor, factor), steps, sampler) if factor > 1 and guided else None
+    plan = runs.make_plan((factor, factor), steps, sampler, scheduler) if factor > 1 and guided else None
     unet = runs.CountingUNet(model.unet)
     rows = []
     for m in ms:
         t0 = time.time()
         z = runs.run_txt2img(model, unet, list(m.first), size, size, steps, seed, cfg=cfg, plan=plan,
                              sampler=sampler, batch=batch, detail=None if m.second is None else list(m.second),
-                             switch_call=m.switch_call)
+                             switch_call=m.switch_call, scheduler=scheduler)
         sc = scorer.score_images(runs.decode(model, z))
         row: dict[str, Any] = {"method": m.label, "kind": m.kind, "pairs": m.pairs, "level": m.level,
                                "fraction": m.fraction, "switch_step": m.switch_call if m.second else None,
@@ -182,7 +182,7 @@ def fmt(row: dict[str, Any]) -> str:
 
 @torch.no_grad()
 def attribute_settling(model: LatentModel, n: int, seed: int, sampler: str, steps: int, cfg: float,
-                       batch: int = 32) -> dict[str, Any]:
+                       batch: int = 32, scheduler: str = "Automatic") -> dict[str, Any]:
     """When each attribute and each latent level settles along native sampling of the prompt "a face".
 
     Returns ``agreement[attr][i]`` (fraction of samples whose step-``i`` x0 prediction reads as their final
@@ -199,7 +199,7 @@ def attribute_settling(model: LatentModel, n: int, seed: int, sampler: str, step
 
     unet = runs.CountingUNet(model.unet)
     final = runs.run_txt2img(model, unet, prompts, 16, 16, steps, seed, cfg=cfg, sampler=sampler, batch=batch,
-                             callback=keep)
+                             callback=keep, scheduler=scheduler)
     stacked = torch.stack([torch.cat(p) for p in preds])  # (steps, n, 4, 16, 16)
     final_attrs = [s.attrs for s in scorer.score_images(runs.decode(model, final))]
     agreement: dict[str, list[float]] = {k: [] for k in data.ATTRIBUTES}
@@ -211,7 +211,7 @@ def attribute_settling(model: LatentModel, n: int, seed: int, sampler: str, step
     for k, ag in agreement.items():
         last_bad = max((i for i, a in enumerate(ag) if a < SETTLE_AGREEMENT), default=-1)
         settle[k] = last_bad + 1
-    sig = runs.latent_sigmas(sampler, steps)
+    sig = runs.latent_sigmas(sampler, steps, scheduler)
     frac = {lv: generated_fraction(stacked, final, lv) for lv in LEVELS}
     proj = {lv: projected_fraction(stacked, final, lv, use_band=True) for lv in LEVELS}
     return {
