@@ -104,17 +104,18 @@ LATENT_PX = 8
 
 def handover(level: float, q: float, from_start: bool = False) -> str:
     """What the switch hands over, in words: level ``m`` is ``8 m`` image pixels; at the switch it is ``q``
-    generated. On the latent reference model (docs/theory.md, time-dependent prompts) the attributes carried by
-    shapes several times the level's size had settled by the switch and those of the level's size and finer had
-    not, so the first stay as the layout prompt made them and the second follow the detail prompt."""
+    generated. On the latent reference model (docs/theory.md §11) an attribute carried by a shape of ``s`` latent
+    pixels settled about when level ``s / 2`` was half generated: at the switch, shapes of twice the level's size
+    and more are decided and stay as the layout prompt made them; those of the level's size and finer are not,
+    and follow the detail prompt."""
     px = int(round(LATENT_PX * level))
     if from_start:
         return f"Shapes of {px} px are already {q:.0%} formed at the start: the detail prompt is used throughout."
     formed = "half" if abs(q - 0.5) < 1e-9 else f"{q:.0%}"
     examples = " (eyes, hands, small objects, textures)" if px <= 64 else ""
     return (f"Hands over at {px} px: shapes of {px} px are {formed} formed by then, so the layout (where things "
-            f"are, how large, their main colours: shapes several times {px} px) stays as the layout prompt made it, "
-            f"and details of about {px} px and finer{examples} follow the detail prompt.")
+            f"are, how large, their main colours: shapes of {2 * px} px and more) stays as the layout prompt made "
+            f"it, and details of about {px} px and finer{examples} follow the detail prompt.")
 
 
 def suggested_strength(
