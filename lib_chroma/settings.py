@@ -368,6 +368,24 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 FIELD_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
 
 #: The informational infotext keys (written, never read back).
+#: Which controls matter for which choice (others are hidden, never disabled: their values still count).
+SHOWN_BY: dict[str, dict[str, tuple[str, ...]]] = {
+    "window": {
+        "window_sigma_hi": ("sigma",),
+        "window_sigma_lo": ("sigma",),
+        "window_start": ("fraction",),
+        "window_end": ("fraction",),
+    },
+    "shape": {"q_end": ("fade", "hold")},
+    "prompt_mode": {
+        "layout_prompt": ("fields",),
+        "detail_prompt": ("fields",),
+        "marker": ("marker",),
+        "switch_level": ("fields", "marker"),
+        "switch_q": ("fields", "marker"),
+    },
+}
+
 INFOTEXT_INFO_KEYS: tuple[str, ...] = ("RC guided steps", "RC switch step", "RC error", "RC note")
 #: Every infotext key the extension writes: the fields' keys, then the informational ones.
 INFOTEXT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(f.infotext for f in FIELDS if f.infotext)) + INFOTEXT_INFO_KEYS

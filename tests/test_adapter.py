@@ -642,3 +642,40 @@ def test_controlnet_lllite_is_not_guided_and_says_why(web):
     p2 = controlnet_p(web, params, steps=3)
     assert torch.equal(run(web, p2, [{"enabled": False}], plain, size=(16, 16)), x)
 
+
+
+class _Wrapper(torch.nn.Module):
+    """Deep Shrink's A1111 port in miniature: a UNet block list entry that keeps the original as ``block``."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+
+class WrappedUNetInner(Inner):
+    """Records, per call, whether the UNet's ``input_blocks[1]`` is the wrapper at that call's latent size."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.wrapped: list[tuple[tuple, bool]] = []
+
+    def __call__(self, x, sigma, cond):
+        self.wrapped.append((tuple(x.shape[-2:]), isinstance(self.unet.input_blocks[1], _Wrapper)))
+        return super().__call__(x, sigma, cond)
+
+
+def test_other_extensions_block_wrappers_are_left_out_of_the_low_res_call_only(web):
+    unet = types.SimpleNamespace(input_blocks=torch.nn.ModuleList([torch.nn.Identity() for _ in range(3)]),
+                                 output_blocks=torch.nn.ModuleList([torch.nn.Identity() for _ in range(3)]))
+    wrapper = _Wrapper(unet.input_blocks[1])
+    unet.input_blocks[1] = wrapper
+    web.shared.sd_model.model = types.SimpleNamespace(conditioning_key="crossattn", diffusion_model=unet)
+    inner = WrappedUNetInner(unet)
+    p = make_p(web, steps=3)
+    run(web, p, [{"shape": "constant", "factor_h": 2, "factor_w": 2, "window": "fraction"}], inner, size=(16, 16))
+    assert {w for size, w in inner.wrapped if size == (16, 16)} == {True}  # full size: the shrink stays
+    assert [w for size, w in inner.wrapped if size == (8, 8)] == [False] * 3  # every low call: the plain block
+    assert unet.input_blocks[1] is wrapper
+    assert "input_blocks.1" in p.extra_generation_params["RC note"]
+    assert "RC error" not in p.extra_generation_params

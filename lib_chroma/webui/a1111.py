@@ -28,6 +28,8 @@ The cascade ("Cascade (faster)", :mod:`lib_chroma.webui.cascade_hooks`) is A1111
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -64,6 +66,7 @@ from lib_chroma.webui.lowres import (
     first_cond_rows,
     uncond_skipped,
 )
+from lib_chroma.webui.unet_patches import full_size_blocks
 
 HOST = "a1111"
 #: Attribute of ``p`` carrying the cascade decision from ``before_process`` to ``process`` (per request).
@@ -305,6 +308,7 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     hints = _controlnet_hints(st, pp, phase, (int(x_in.shape[-2]), int(x_in.shape[-1])))
     if st.failed is not None:
         return
+    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
     call = LowResCall(
         inner,
         groups,
@@ -315,7 +319,7 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         vector_for=vector_for,
         chunk=chunk,
         phase=phase,
-        around=hints,
+        around=_around(st.p, hints, unet),
     )
     t0 = time.perf_counter()
     xs, outs = x_in[:rows], x_out[:rows]
@@ -337,6 +341,27 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     if skipped:
         for i, j in enumerate(first):
             x_out[n + i] = x_out[j]
+
+
+def _around(
+    p: Any, hints: controlnet.A1111Hints | None, unet: Any
+) -> Callable[[tuple[int, int]], AbstractContextManager]:
+    """``around`` of the low-resolution call: ControlNet's pooled hints, and the UNet without other extensions'
+    block wrappers (Deep Shrink's A1111 port, :mod:`lib_chroma.webui.unet_patches`), which the infotext notes."""
+
+    @contextmanager
+    def around(size: tuple[int, int]) -> Iterator[None]:
+        with ExitStack() as stack:
+            if hints is not None:
+                stack.enter_context(hints(size))
+            if unet is not None:
+                names = stack.enter_context(full_size_blocks(unet))
+                if names:
+                    G.note(p, f"UNet block wrappers ({', '.join(names)}: e.g. Kohya Hires.fix) left out of the "
+                              "low-resolution call")
+            yield
+
+    return around
 
 
 def _controlnet_hints(

@@ -284,6 +284,19 @@ def warn(p: Any, message: str) -> None:
         pass
 
 
+def note(p: Any, message: str) -> None:
+    """Add ``message`` to the infotext's ``RC note`` (``; ``-joined) and log it, once per generation."""
+    try:
+        params = p.extra_generation_params
+        old = str(params.get("RC note") or "")
+        if message in old.split("; "):
+            return
+        params["RC note"] = f"{old}; {message}" if old else message
+    except (AttributeError, TypeError):
+        return
+    log.warning("Resolution Chromatography: %s", message)
+
+
 def fail(st: Generation, message: str) -> None:
     """Guidance failed: warn once; the rest of the generation runs unguided."""
     if st.failed is None:

@@ -267,28 +267,9 @@ def build(script: Any, is_img2img: bool) -> list[Any]:
     return inputs
 
 
-#: Which controls matter for which choice (others are hidden, never disabled: their values still count).
-_SHOWN_BY = {
-    "window": {
-        "window_sigma_hi": ("sigma",),
-        "window_sigma_lo": ("sigma",),
-        "window_start": ("fraction",),
-        "window_end": ("fraction",),
-    },
-    "shape": {"q_end": ("fade", "hold")},
-    "prompt_mode": {
-        "layout_prompt": ("fields",),
-        "detail_prompt": ("fields",),
-        "marker": ("marker",),
-        "switch_level": ("fields", "marker"),
-        "switch_q": ("fields", "marker"),
-    },
-}
-
-
 def _visibility(comps: dict[str, Any]) -> None:
     """Show only the controls the current window mode, weight shape and prompt mode use."""
-    for chooser, targets in _SHOWN_BY.items():
+    for chooser, targets in S.SHOWN_BY.items():
         names = list(targets)
         default = S.FIELD_BY_NAME[chooser].default
         for n in names:

@@ -40,7 +40,7 @@ if CHROMIUM is None:
 
 from playwright.sync_api import Browser, Locator, expect  # noqa: E402
 
-from tests.webui.browser import VIEWPORT, UIPage, chromium, nonwhite_fraction  # noqa: E402
+from tests.webui.browser import UPDATE_MS, VIEWPORT, UIPage, chromium, nonwhite_fraction  # noqa: E402
 
 TITLE = kit.EXTENSION_TITLE
 # Readout: "<low w>×<low h> → <w>×<h> (×<fw>, ×<fh>) · guided steps a–b of n" (or "no guided steps"), then
@@ -112,14 +112,22 @@ def test_accordion_renders_in_txt2img(ui: UIPage) -> None:
     ui.shot("accordion-open", acc)
 
     # Fields that matter only in some mode may be hidden in the others: every field shows in some mode.
+    def pick(chooser: str, choice: str) -> None:
+        # A1111 runs queued events concurrently: wait until this choice's visibility has landed, so that its update
+        # finishing late cannot undo what the next choice shows
+        ui.set_field(chooser, choice)
+        for name, modes in S.SHOWN_BY[chooser].items():
+            shown = expect(ui.loc(ui.rc(name)))
+            shown.to_be_visible(timeout=UPDATE_MS) if choice in modes else shown.to_be_hidden(timeout=UPDATE_MS)
+
     seen = ui.visible_fields()
     for chooser in ("window", "shape", "prompt_mode"):
         for choice in S.FIELD_BY_NAME[chooser].choices:
-            ui.set_field(chooser, choice)
+            pick(chooser, choice)
             seen |= ui.visible_fields()
-        ui.set_field(chooser, S.FIELD_BY_NAME[chooser].default)
+        pick(chooser, S.FIELD_BY_NAME[chooser].default)
     assert seen == set(S.FIELD_NAMES[1:]), f"never shown: {sorted(set(S.FIELD_NAMES[1:]) - seen)}"
-    ui.set_field("prompt_mode", "fields")
+    pick("prompt_mode", "fields")
     ui.reveal("layout_prompt")
     ui.shot("accordion-prompt-fields", acc)
     assert not [e for e in ui.console_errors if "rc" in e.lower() or "chromatography" in e.lower()], ui.console_errors
