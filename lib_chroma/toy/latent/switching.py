@@ -38,6 +38,7 @@ projected_fraction`), and the theory's step for that level.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +52,16 @@ from lib_chroma.prompts import DEFAULT_SWITCH_LEVEL, DEFAULT_SWITCH_Q, realized_
 from . import data, runs, scorer, text
 from .train import LatentModel
 
+#: Attributes the layout prompt names (decided at coarse levels) and those the detail prompt names (fine).
 COARSE = ("position", "size", "colour")
 FINE = ("eyes", "texture")
+#: A1111 ``[layout:detail:f]`` rows.
 FRACTIONS = (0.2, 0.35, 0.5, 0.65, 0.8)
 #: Switch levels measured at native size; at factor m each is also measured times m (native-image units).
 SWITCH_LEVELS = (1, 2, 4, 8)
+#: An attribute is settled once this share of the samples reads as its final image.
 SETTLE_AGREEMENT = 0.9
+#: Latent levels whose settling (energy, band projection, theory) :func:`attribute_settling` reports.
 LEVELS = (1, 2, 4, 8)
 
 
@@ -153,8 +158,6 @@ def run_methods(model: LatentModel, ms: Sequence[Method], targets: Sequence[dict
                 batch: int = 32, tag: str = "", scheduler: str = "Automatic") -> list[dict[str, Any]]:
     """Sample, decode and score every method; at ``factor`` > 1 with ``guided``, under the library's default
     upsample guidance (:func:`runs.make_plan`)."""
-    import time
-
     size = 16 * factor
     plan = runs.make_plan((factor, factor), steps, sampler, scheduler) if factor > 1 and guided else None
     unet = runs.CountingUNet(model.unet)
