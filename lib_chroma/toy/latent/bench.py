@@ -326,32 +326,29 @@ def bench_main(argv: list[str] | None = None) -> int:
                           factors, tuple(args.pairs), args.scheduler)
         sched = "" if args.scheduler == "Automatic" else f"_{args.scheduler.lower().replace(' ', '_')}"
         name = f"prompts_{'_'.join(f'{m}x' for m in factors)}_{args.sampler}{sched}_{steps}"
-        args.out.mkdir(parents=True, exist_ok=True)
-        record = {"args": {k: str(v) for k, v in vars(args).items()}, "n": n, "wall_s": round(time.time() - t0, 1),
-                  "threads": args.threads, **rec}
-        (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
-        (args.out / f"{name}.md").write_text(prompts_markdown(rec["rows"]) + "\n")
-        print(prompts_markdown(rec["rows"]))
-        return 0
-    if args.native:
-        rows = run_native(model, n, args.seed, args.cfg, [("dpmpp_2m", 20), ("euler_ancestral", 30)])
-        name = "native"
+        table = prompts_markdown(rec["rows"])
     else:
-        plans = {**({} if args.only_plans else STANDARD_PLANS), **extra}
-        rows = []
-        for m in factors:
-            for cfg in args.cfg:
-                rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
-                                   baselines=not args.no_baselines)
-        name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
+        if args.native:
+            rows = run_native(model, n, args.seed, args.cfg, [("dpmpp_2m", 20), ("euler_ancestral", 30)])
+            name = "native"
+        else:
+            plans = {**({} if args.only_plans else STANDARD_PLANS), **extra}
+            rows = []
+            for m in factors:
+                for cfg in args.cfg:
+                    rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
+                                       baselines=not args.no_baselines)
+            name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
+        for r in rows:
+            r.pop("summary", None)
+        rec = {"rows": rows}
+        table = markdown(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    for r in rows:
-        r.pop("summary", None)
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "n": n, "wall_s": round(time.time() - t0, 1),
-              "threads": args.threads, "rows": rows}
+              "threads": args.threads, **rec}
     (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
-    (args.out / f"{name}.md").write_text(markdown(rows) + "\n")
-    print(markdown(rows))
+    (args.out / f"{name}.md").write_text(table + "\n")
+    print(table)
     return 0
 
 

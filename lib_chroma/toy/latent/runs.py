@@ -14,8 +14,8 @@ Methods (every one starts from the same per-sample noise, sample ``i`` from seed
 (:func:`lib_chroma.toy.sampling.initial_noise`), and gets the same prompt ``prompts[i]``):
 
 - :func:`run_txt2img`: plain (``plan=None``) or guided sampling at any latent size on the sigmas A1111 gives
-  the sampler with the "Automatic" scheduler (:func:`lib_chroma.toy.runs.toy_sigmas`: DPM++ 2M -> Karras,
-  Euler / Euler a -> the discrete schedule).
+  the sampler (:func:`latent_sigmas`; with the "Automatic" scheduler DPM++ 2M -> Karras, Euler / Euler a -> the
+  discrete schedule, as :func:`lib_chroma.toy.runs.toy_sigmas`).
 - :func:`run_hires`: A1111's hires fix second pass: bilinear latent upscale of first-pass latents ("Latent"
   upscaler), re-noised to the first sigma of ``img2img_sigmas(..., strength, fixed_steps=True)``, then
   ``steps`` sampler steps.
@@ -45,7 +45,6 @@ from lib_chroma.toy.runs import (
     a1111_label,
     hires_chroma_strength,
     toy_schedule,
-    toy_sigmas,
 )
 from lib_chroma.toy.sampling import initial_noise, make_denoiser
 
@@ -164,8 +163,6 @@ class CFGDenoiser(torch.nn.Module):
 def latent_sigmas(sampler: str, steps: int, scheduler: str = "Automatic") -> torch.Tensor:
     """The sigmas A1111 gives ``sampler`` (k-diffusion name) with ``scheduler`` (an A1111 scheduler label) on SD's
     schedule."""
-    if scheduler == "Automatic":
-        return toy_sigmas(sampler, steps)
     return sampler_sigmas(a1111_label(sampler), scheduler, steps, toy_schedule())
 
 
