@@ -130,9 +130,7 @@ def take_cascade(p: Any) -> None:
     if isinstance(decision, CS.CascadeSetup):
         st.cascade = decision
         return
-    note = decision or "the cascade needs txt2img"
-    G.log.warning("Resolution Chromatography: cascade not applied: %s", note)
-    p.extra_generation_params["RC note"] = f"cascade not applied: {note}"
+    G.note(p, f"cascade not applied: {decision or 'the cascade needs txt2img'}")
 
 
 def on_before_sampling(p: Any, x: torch.Tensor, noise: torch.Tensor | None = None) -> None:
@@ -305,10 +303,10 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
     )
     inner = params.inner_model if getattr(params, "inner_model", None) is not None else den.inner_model
     vector_for = _vector_fn() if isinstance(tensor, dict) else None
-    hints = _controlnet_hints(st, pp, phase, (int(x_in.shape[-2]), int(x_in.shape[-1])))
+    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
+    hints = _controlnet_hints(st, pp, phase, (int(x_in.shape[-2]), int(x_in.shape[-1])), unet)
     if st.failed is not None:
         return
-    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
     call = LowResCall(
         inner,
         groups,
@@ -365,11 +363,10 @@ def _around(
 
 
 def _controlnet_hints(
-    st: Generation, pp: PassPlan, phase: int, latent: tuple[int, int]
+    st: Generation, pp: PassPlan, phase: int, latent: tuple[int, int], unet: Any
 ) -> controlnet.A1111Hints | None:
     """ControlNet's hints at the low-resolution sizes for this model call (None without ControlNet units); a unit
     that cannot be guided ends the guidance (:func:`lib_chroma.webui.generation.fail`)."""
-    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
     units = controlnet.a1111_units(st.p, unet) if unet is not None else []
     if not units:
         return None

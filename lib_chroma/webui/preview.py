@@ -94,21 +94,18 @@ def preview(
     else:
         info = f"Detail prompt from step {sw['step'] + 1} of {n}" + (
             f" (when `{sw['fraction']}`)" if sw["fraction"] else ""
-        ) + ". " + handover(s.switch_level, s.switch_q, sw["step"] == 0)
+        ) + ". " + handover(s.switch_level, s.switch_q, sw["step"] == 0, MODEL_FAMILIES[family]["latent_factor"])
     return readout, curves_svg(rep), info
 
 
-#: Image pixels per latent pixel of every supported family's VAE.
-LATENT_PX = 8
-
-
-def handover(level: float, q: float, from_start: bool = False) -> str:
-    """What the switch hands over, in words: level ``m`` is ``8 m`` image pixels; at the switch it is ``q``
+def handover(level: float, q: float, from_start: bool = False, latent_factor: int = 8) -> str:
+    """What the switch hands over, in words: level ``m`` is ``latent_factor m`` image pixels (8 for every SD
+    family, :data:`lib_chroma.schedule.MODEL_FAMILIES`); at the switch it is ``q``
     generated. On the latent reference model (docs/theory.md §11) an attribute carried by a shape of ``s`` latent
     pixels settled about when level ``s / 2`` was half generated: at the switch, shapes of twice the level's size
     and more are decided and stay as the layout prompt made them; those of the level's size and finer are not,
     and follow the detail prompt."""
-    px = int(round(LATENT_PX * level))
+    px = int(round(latent_factor * level))
     if from_start:
         return f"Shapes of {px} px are already {q:.0%} formed at the start: the detail prompt is used throughout."
     formed = "half" if abs(q - 0.5) < 1e-9 else f"{q:.0%}"
