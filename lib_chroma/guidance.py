@@ -59,6 +59,7 @@ __all__ = [
     "pool",
     "pool_image",
     "unpool",
+    "unpool_image",
     "guide_x0",
     "guide_eps",
     "UpsampleGuidedDenoiser",
@@ -237,6 +238,23 @@ def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator:
     H, W = size
     if m_h == 1 and m_w == 1 and (y.shape[-2], y.shape[-1]) == (H, W):
         return y
+    return unpool_image(y, m_h, m_w, (H, W), operator, offset, scale=1)
+
+
+def unpool_image(
+    y: torch.Tensor,
+    m_h: int,
+    m_w: int,
+    latent: tuple[int, int],
+    operator: str = "nearest",
+    offset: tuple[int, int] = (0, 0),
+    scale: int = 8,
+) -> torch.Tensor:
+    """``U`` for an image over a latent, the counterpart of :func:`pool_image`: ``y`` (B, C, scale·h, scale·w) at
+    the pooled size, upsampled by (m_h, m_w) and placed on the latent's grid (same ``offset``), cropped to
+    ``(scale·H, scale·W)`` for the (H, W) ``latent``. ``nearest`` gives ``pool_image(unpool_image(y)) = y`` on
+    whole blocks; pixels below or right of the last block repeat the last upsampled row or column."""
+    H, W = int(latent[0]), int(latent[1])
     o_h, o_w = _check_offset(offset, m_h, m_w)
     full = (y.shape[-2] * m_h, y.shape[-1] * m_w)
     if operator == "nearest":
@@ -245,11 +263,11 @@ def unpool(y: torch.Tensor, m_h: int, m_w: int, size: tuple[int, int], operator:
         up = F.interpolate(y, size=full, mode="bilinear", align_corners=False)
     else:
         raise ValueError(f"operator: unknown {operator!r}; allowed: {', '.join(OPERATORS)}")
-    top, left = _span(H, m_h, o_h)[0], _span(W, m_w, o_w)[0]
-    short_h, short_w = max(0, top + H - full[0]), max(0, left + W - full[1])
+    top, left = scale * _span(H, m_h, o_h)[0], scale * _span(W, m_w, o_w)[0]
+    short_h, short_w = max(0, top + scale * H - full[0]), max(0, left + scale * W - full[1])
     if short_h or short_w:
         up = F.pad(up, (0, short_w, 0, short_h), mode="replicate")
-    return up[..., top:top + H, left:left + W]
+    return up[..., top:top + scale * H, left:left + scale * W]
 
 
 # --------------------------------------------------------------------------------------------------------------

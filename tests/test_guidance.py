@@ -505,6 +505,33 @@ def test_nested_levels_extrapolate_every_coarse_level_by_w_once():
 
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 15), (9, 12)])
+@pytest.mark.parametrize("mh, mw", [(2, 2), (3, 2)])
+def test_unpool_image_places_pixels_on_the_latent_grid(size, mh, mw):
+    """unpool_image is pool_image's counterpart on every offset of the moving grid: nearest upsampling pools back
+    to the input on blocks wholly inside the image; at scale 1 it is unpool (both operators); the output covers the
+    latent's pixels."""
+    for phase in range(mh * mw):
+        off = G.grid_offset(phase, mh, mw)
+        n = G.pool(torch.zeros(1, 1, *size), mh, mw, off).shape[-2:]
+        y = torch.randn(2, 3, 4 * n[0], 4 * n[1])
+        up = G.unpool_image(y, mh, mw, size, "nearest", off, scale=4)
+        assert up.shape[-2:] == (4 * size[0], 4 * size[1])
+        back = G.pool_image(up, mh, mw, size, off, scale=4)
+        top, left = G._span(size[0], mh, off[0])[0], G._span(size[1], mw, off[1])[0]
+        rows = [r for j in range(n[0]) if j * mh - top >= 0 and (j + 1) * mh - top <= size[0]
+                for r in range(4 * j, 4 * j + 4)]
+        cols = [c for j in range(n[1]) if j * mw - left >= 0 and (j + 1) * mw - left <= size[1]
+                for c in range(4 * j, 4 * j + 4)]
+        assert rows and cols
+        torch.testing.assert_close(back[..., rows, :][..., cols], y[..., rows, :][..., cols])
+        z = torch.randn(2, 3, *n)
+        for op in ("nearest", "bilinear"):
+            assert torch.equal(G.unpool_image(z, mh, mw, size, op, off, scale=1), G.unpool(z, mh, mw, size, op, off))
+    with pytest.raises(ValueError, match="operator"):
+        G.unpool_image(torch.zeros(1, 1, 8, 8), 2, 2, (4, 4), "cubic", scale=4)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (13, 15), (9, 12)])
 @pytest.mark.parametrize("mh, mw", [(2, 2), (3, 2), (1, 1)])
 def test_pool_image_is_the_latent_grid_at_pixel_scale(size, mh, mw):
     """An image over the latent (8 pixels per latent pixel) pools on the latent's grid: each 8x8 cell of the result

@@ -68,6 +68,25 @@ def test_hires_second_pass_runs_steps_calls_from_the_upscaled_latents(tiny: Late
     assert float(keep.abs().mean()) < float(torch.nn.functional.avg_pool2d(up, 8).abs().mean())
 
 
+def test_pixel_upscaler_is_decode_upscale_encode(tiny: LatentModel) -> None:
+    """The image upscaler's latent is the encoding of the bilinearly upscaled decoded image; the hires pass with it
+    starts from that latent (same calls as with the latent upscaler); an unknown upscaler is refused."""
+    z = torch.randn(2, 4, 8, 8)
+    up = runs.upscale_pixels(tiny, z, 16, 16)
+    img = torch.nn.functional.interpolate(tiny.ae.decode(z).clamp(-1, 1), size=(64, 64), mode="bilinear",
+                                          align_corners=False)
+    assert up.shape == (2, 4, 16, 16)
+    torch.testing.assert_close(up, tiny.ae.encode(img.clamp(-1, 1)))
+    assert not torch.allclose(up, runs.upscale_latents(z, 16, 16), atol=1e-3)
+    unet = runs.CountingUNet(tiny.unet)
+    a = runs.run_hires(tiny, unet, z, PROMPTS[:2], 16, 16, 3, seed=1, strength=0.3, batch=2, sampler="euler",
+                       upscaler="pixel")
+    assert unet.calls == {(16, 16): 3} and not torch.allclose(
+        a, runs.run_hires(tiny, unet, z, PROMPTS[:2], 16, 16, 3, seed=1, strength=0.3, batch=2, sampler="euler"))
+    with pytest.raises(ValueError, match="upscaler"):
+        runs.run_hires(tiny, unet, z, PROMPTS[:2], 16, 16, 3, seed=1, upscaler="lanczos")
+
+
 def test_cfg_scale_changes_the_samples(tiny: LatentModel) -> None:
     unet = runs.CountingUNet(tiny.unet)
     a = runs.run_txt2img(tiny, unet, PROMPTS[:1], 16, 16, 3, seed=2, cfg=1.0)
@@ -98,7 +117,8 @@ class _IdentityAE(torch.nn.Module):
         return z
 
 
-def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule() -> None:
+@pytest.mark.parametrize("grid,size", [("fixed", 12), ("moving", 12), ("moving", 13)])
+def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule(grid: str, size: int) -> None:
     from lib_chroma.guidance import UpsampleGuidedDenoiser
 
     torch.manual_seed(0)
@@ -109,15 +129,20 @@ def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule()
         return torch.tanh(x) * 0.7 + context.mean() + 0.1 * sigma.view(-1, 1, 1, 1)
 
     plan = GuidancePlan(((2, 2),), scale=1.5, shape="constant", sigma_hi=5.0, sigma_lo=1.0, operator="bilinear",
-                        grid="fixed")
-    x, ctx = torch.randn(2, 4, 12, 12), torch.randn(2, 3, 8)
+                        grid=grid)
+    x, ctx = torch.randn(2, 4, size, size), torch.randn(2, 3, 8)
     pix = runs.PixelSpaceGuidedDenoiser(den, plan, _IdentityAE())
     lib = UpsampleGuidedDenoiser(den, plan)
-    for s, n_calls in ((2.0, 2), (9.0, 1)):  # inside the window: one low call; outside: none
+    low = (2, 4, (size + 1) // 2, (size + 1) // 2)
+    outs = []
+    for s, n_calls in ((2.0, 2), (2.0, 2), (9.0, 1), (2.0, 2)):  # inside the window one low call, outside none
         sigma = torch.full((2,), s)
         calls.clear()
         out = pix(x, sigma, context=ctx)
-        assert calls[1:] == [(2, 4, 6, 6)] * (n_calls - 1) and len(calls) == n_calls
+        assert calls[1:] == [low] * (n_calls - 1) and len(calls) == n_calls
         assert torch.allclose(out, lib(x, sigma, context=ctx), atol=1e-6)
+        outs.append(out)
+    # the moving grid moves between calls (phases 0 and 1 differ), the fixed grid does not
+    assert torch.equal(outs[0], outs[1]) == (grid == "fixed")
     with pytest.raises(ValueError, match="one level"):
         runs.PixelSpaceGuidedDenoiser(den, GuidancePlan(((2, 2), (2, 2))), _IdentityAE())

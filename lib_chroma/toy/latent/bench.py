@@ -14,7 +14,8 @@ is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--fact
 - ``plain``; ``upscale only`` (bilinear pixel upscale of the native samples, no diffusion);
 - ``hires fix`` (A1111's second pass on bilinearly upscaled latents) at A1111's default strength 0.70 and at
   the chromatography strength (level m kept 90 % at the first hires sigma) for the latents' measured level-1
-  power ``P`` (``meta["level_power"]["1"]``, :func:`lib_chroma.toy.runs.hires_chroma_strength`);
+  power ``P`` (``meta["level_power"]["1"]``, :func:`lib_chroma.toy.runs.hires_chroma_strength`), and at that
+  strength with an image upscaler (decode, bilinear pixels, encode: :func:`runs.upscale_pixels`);
 - guidance through :mod:`lib_chroma.guidance` inside the CFG (:data:`STANDARD_PLANS`): the library's defaults
   (``GuidancePlan.build((m, m), sigmas=...)``), the paper's latent recipe (constant ``w = 1.2`` over the first
   ``eta = 60 %`` and ``30 %`` of the steps), all steps at constant ``w = 1``, and any ``--plan`` given.
@@ -197,14 +198,15 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                          t_native + time.time() - t0, tag=tag))
         power = float(model.meta["level_power"]["1"])
         s_chroma = runs.hires_chroma_strength(m, steps, sampler, power=power)
-        for strength, what in ((runs.A1111_HIRES_STRENGTH, "A1111 default"),
-                               (s_chroma, f"chromatography, latent power {power:.2f}")):
+        for strength, what, upscaler in ((runs.A1111_HIRES_STRENGTH, "A1111 default", "latent"),
+                                         (s_chroma, f"chromatography, latent power {power:.2f}", "latent"),
+                                         (s_chroma, f"chromatography, latent power {power:.2f}", "pixel")):
             unet.reset()
             t0 = time.time()
             z = runs.run_hires(model, unet, low, prompts, size, size, steps, seed, strength=strength, cfg=cfg,
-                               sampler=sampler, batch=batch)
-            row = _row(f"hires fix {strength:.2f} ({what})", runs.decode(model, z), prompts, grid, unet,
-                       t_native + time.time() - t0, tag=tag)
+                               sampler=sampler, batch=batch, upscaler=upscaler)
+            label = f"hires fix {strength:.2f} ({what})" + ("" if upscaler == "latent" else ", pixel upscaler")
+            row = _row(label, runs.decode(model, z), prompts, grid, unet, t_native + time.time() - t0, tag=tag)
             row["calls"] += native["calls"]
             row["pixel_evals"] += native["pixel_evals"]
             rows.append(row)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, unpool
+from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, pool_image, unpool_image
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 from lib_chroma.toy.runs import (
     A1111_HIRES_STRENGTH,
@@ -54,7 +54,7 @@ from .train import LatentModel
 __all__ = [
     "A1111_HIRES_STRENGTH", "DEFAULT_SAMPLER", "hires_chroma_strength", "a1111_label", "CountingUNet",
     "CFGDenoiser", "PixelSpaceGuidedDenoiser", "latent_sigmas", "make_plan",
-    "run_txt2img", "run_hires", "decode", "upscale_latents",
+    "run_txt2img", "run_hires", "decode", "upscale_latents", "upscale_pixels",
 ]
 
 
@@ -80,7 +80,7 @@ class CountingUNet(torch.nn.Module):
 
 
 class PixelSpaceGuidedDenoiser(torch.nn.Module):
-    """Upsample guidance with the correction made in pixel space (one level, ``m`` x ``m``, fixed grid).
+    """Upsample guidance with the correction made in pixel space (one level, ``m`` x ``m``).
 
     With ``G`` the decoder, ``E`` the encoder (posterior mean, scaled) and ``D_p``, ``U_p`` the ``m`` x ``m``
     average pooling and bilinear upsampling of *pixels*:
@@ -93,7 +93,11 @@ class PixelSpaceGuidedDenoiser(torch.nn.Module):
     change goes back through the encoder (``E(img)`` is subtracted so that the autoencoder's round-trip error
     does not enter). The weight ``w`` and the window are the plan's (level 0). Pooling latents does not commute
     with the decoder (``G(D z) != D_p G(z)``); this form pools only pixels. Cost per guided step: one
-    low-resolution model call plus two decodes and two encodes of the batch."""
+    low-resolution model call plus two decodes and two encodes of the batch.
+
+    With the plan's moving grid, the latent blocks of ``D`` move by :func:`lib_chroma.guidance.grid_offset` from
+    call to call (:meth:`reset` starts a run at phase 0) and ``D_p``, ``U_p`` pool and place the pixels on the same
+    blocks (:func:`lib_chroma.guidance.pool_image` / ``unpool_image``, ``f`` pixels per latent pixel)."""
 
     def __init__(self, model: Callable[..., torch.Tensor], plan: GuidancePlan, ae: torch.nn.Module) -> None:
         super().__init__()
@@ -102,16 +106,24 @@ class PixelSpaceGuidedDenoiser(torch.nn.Module):
         self.inner = model
         self.plan = plan
         self.ae = ae
+        self.phase = 0
+
+    def reset(self) -> None:
+        """Start a new sampling run (the moving grid's phase)."""
+        self.phase = 0
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # noqa: D102
         denoised = self.inner(x, sigma, **kwargs)
+        phase, self.phase = self.phase, self.phase + 1
         w = torch.tensor([self.plan.weight(0, float(s)) for s in sigma.reshape(-1)], dtype=x.dtype)
         if not bool((w != 0).any()):
             return denoised
         mh, mw = self.plan.levels[0]
-        d_low = self.inner(pool(x, mh, mw), sigma / math.sqrt(mh * mw), **kwargs)
+        off = self.plan.offset(0, phase)
+        d_low = self.inner(pool(x, mh, mw, off), sigma / math.sqrt(mh * mw), **kwargs)
         img, img_low = self.ae.decode(denoised), self.ae.decode(d_low)
-        corr = unpool(img_low - pool(img, mh, mw), mh, mw, (img.shape[-2], img.shape[-1]), "bilinear")
+        lat, f = (int(x.shape[-2]), int(x.shape[-1])), img.shape[-1] // x.shape[-1]
+        corr = unpool_image(img_low - pool_image(img, mh, mw, lat, off, f), mh, mw, lat, "bilinear", off, f)
         delta = self.ae.encode(img + corr) - self.ae.encode(img)
         return denoised + w.view(-1, 1, 1, 1) * delta
 
@@ -247,6 +259,15 @@ def upscale_latents(z: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def upscale_pixels(model: LatentModel, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A1111's image upscalers (Lanczos, ESRGAN, …) on latents: decode, upscale the image bilinearly to the latent
+    size ``(h, w)`` times ``f``, encode: ``E(U_p(G(z)))``."""
+    img = model.ae.decode(z).clamp(-1, 1)
+    f = img.shape[-1] // z.shape[-1]
+    up = F.interpolate(img, size=(h * f, w * f), mode="bilinear", align_corners=False)
+    return model.ae.encode(up.clamp(-1, 1))
+
+
 @torch.no_grad()
 def run_hires(
     model: LatentModel,
@@ -262,17 +283,22 @@ def run_hires(
     sampler: str = DEFAULT_SAMPLER,
     batch: int = 16,
     progress: Callable[[int], None] | None = None,
+    upscaler: str = "latent",
 ) -> torch.Tensor:
     """Hires-fix second pass on first-pass latents ``low``: ``x = upscale(low) + sigmas[0] noise`` (noise of the
     same seeds at the output size), then the sampler on ``img2img_sigmas(label, "Automatic", steps, strength,
-    fixed_steps=True)`` (``steps`` model calls)."""
+    fixed_steps=True)`` (``steps`` model calls). ``upscaler``: ``latent`` (:func:`upscale_latents`) or ``pixel``
+    (:func:`upscale_pixels`)."""
+    if upscaler not in ("latent", "pixel"):
+        raise ValueError(f"upscaler: must be latent or pixel, got {upscaler!r}")
     den = make_denoiser(unet)  # type: ignore[arg-type]
     sig = img2img_sigmas(a1111_label(sampler), "Automatic", steps, strength, toy_schedule(), fixed_steps=True)
     sig = sig.to(torch.float32)
     fn = _ks(sampler)
 
     def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        x = upscale_latents(low[start:start + size], h, w)
+        z = low[start:start + size]
+        x = upscale_latents(z, h, w) if upscaler == "latent" else upscale_pixels(model, z, h, w)
         x = x + initial_noise(size, h, w, seed + start, channels=4) * sig[0]
         return fn(CFGDenoiser(den, cond, uncond, cfg), x, sig, disable=True)
 
