@@ -267,3 +267,49 @@ def test_bench_peers_group_rows_and_costs(tmp_path) -> None:
         if k.startswith(("Deep Shrink (", "HiDiffusion", "ScaleCrafter")):
             assert r["calls_by_size"] == {"64x64": 2}
     assert (tmp_path / "partial-2x.json").exists()
+
+
+@torch.no_grad()
+def test_the_map_and_the_peers_fit_the_latent_unet() -> None:
+    """The latent model's UNet (attention after each block) maps like the toy's: a level's up exit is its last
+    transformer where it has one; Deep Shrink shrinks level 1 only in its window and restores before the output;
+    ScaleCrafter dilates and undoes; the guided low-resolution call bypasses the patch unless told otherwise."""
+    from lib_chroma.toy.latent import runs as lruns
+    from lib_chroma.toy.latent import text
+    from lib_chroma.toy.latent.autoencoder import AutoEncoder
+    from lib_chroma.toy.latent.text import TextEncoder
+    from lib_chroma.toy.latent.train import LatentModel
+    from lib_chroma.toy.latent.unet import LatentUNet, SpatialTransformer
+
+    torch.manual_seed(0)
+    net = LatentUNet(channels=(8, 8, 8), ctx_dim=8, temb=16, attn=("none", "full", "cross")).eval()
+    for mod in net.modules():  # zero-initialised outputs would hide every change
+        if isinstance(mod, torch.nn.Conv2d) and not bool(mod.weight.any()):
+            torch.nn.init.normal_(mod.weight, std=0.05)
+    m = P.toy_map(net)
+    assert m.up_exits[0] is net.up[-1][-1]  # level 0 has no attention here
+    assert isinstance(m.up_exits[1], SpatialTransformer) and m.up_exits[1] is net.up_attn[-2][-1]
+    assert m.mid_convs == (net.mid1.conv1, net.mid1.conv2, net.mid2.conv1, net.mid2.conv2)
+    x, ctx = torch.randn(2, 4, 32, 32), torch.randn(2, 16, 8)
+    ref = {t: net(x, torch.tensor(t), ctx) for t in (900.0, 100.0)}
+    before = _convs(net)
+    seen, h = _sizes(net.down[1][0])
+    with P.DeepShrink(m):
+        out = {t: net(x, torch.tensor(t), ctx) for t in ref}
+    with P.make_peer("scalecrafter", m, 2, 4):
+        dilated = net(x, torch.tensor(900.0), ctx)
+    h.remove()
+    assert seen == [8, 16, 16] and out[900.0].shape == x.shape
+    assert not torch.allclose(out[900.0], ref[900.0], atol=1e-5) and torch.equal(out[100.0], ref[100.0])
+    assert not torch.allclose(dilated, ref[900.0], atol=1e-5)
+    assert _no_hooks(net) and _convs(net) == before
+    model = LatentModel(AutoEncoder(), TextEncoder(width=8, layers=1), net, {"scale_factor": 1.0}).eval()
+    prompts = text.prompt_set(1, 0)
+    for bypass_low in (True, False):
+        seen, h = _sizes(net.down[1][0])
+        lruns.run_txt2img(model, lruns.CountingUNet(net), prompts, 32, 32, 6, seed=0, plan=lruns.make_plan((2, 2), 6),
+                          batch=1, patch=lambda: P.DeepShrink(m), bypass_low=bypass_low)
+        h.remove()
+        # full size: 8 in the window, 16 after; the 16x16 low call: 8 unless shrunk too (4)
+        assert 8 in seen and 16 in seen and (4 in seen) is (not bypass_low)
+    assert _no_hooks(net)

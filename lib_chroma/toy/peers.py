@@ -1,7 +1,7 @@
 """The UNet-patching peers of upsample guidance, re-implemented (not copied) for any UNet through module hooks.
 
 Each peer is a context manager that hooks the modules a :class:`UNetMap` names and removes every hook (and
-restores every conv attribute it changed) on exit; :func:`toy_map` maps the toy's :class:`TinyUNet`. The
+restores every conv attribute it changed) on exit; :func:`toy_map` maps the toy UNets (pixel and latent). The
 peers read the model's timestep ``t`` from the root module's forward arguments and count its calls; a call
 made inside :func:`bypass` is neither patched nor counted (that is how upsample guidance's low-resolution call
 skips patches meant for the full size, see :func:`guided_low_model`).
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import TinyUNet
+from .model import UNetBase
 
 #: ComfyUI's percent_to_sigma: percent p is the sigma of timestep (1 - p) * 999.
 T_MAX = 999.0
@@ -67,10 +67,21 @@ def _convs3(blocks: Any) -> list[nn.Conv2d]:
     return [m for b in blocks for m in b.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
 
 
-def toy_map(unet: TinyUNet) -> UNetMap:
-    """The toy's map: ``downsample[i]``, ``upsample[L-2-i]`` (the toy's up path runs coarsest first),
-    ``up[L-1-i][-1]`` as the up exit of level i, ResBlock ``conv1``/``conv2`` as the level convs."""
+def toy_map(unet: UNetBase) -> UNetMap:
+    """The toy UNets' map: ``downsample[i]``, ``upsample[L-2-i]`` (the up path runs coarsest first), the last
+    module of up level ``L-1-i`` as the up exit of level i, ResBlock ``conv1``/``conv2`` as the level convs.
+    The latent model's UNet (:class:`lib_chroma.toy.latent.unet.LatentUNet`) has the same levels with a
+    transformer after each block: a level's up exit is then its last transformer (the level's last module, as
+    in SD's output blocks), and its bottom is ``mid1``, attention, ``mid2``."""
     n = len(unet.down)
+    up_attn = getattr(unet, "up_attn", None)
+
+    def exit_of(j: int) -> nn.Module:
+        if up_attn is not None and not isinstance(up_attn[j][-1], nn.Identity):
+            return up_attn[j][-1]
+        return unet.up[j][-1]
+
+    mid = unet.mid if hasattr(unet, "mid") else [unet.mid1, unet.mid2]
     level_convs = []
     for i in range(n):
         convs = _convs3(unet.down[i]) + _convs3(unet.up[n - 1 - i])
@@ -83,10 +94,10 @@ def toy_map(unet: TinyUNet) -> UNetMap:
         root=unet,
         downsamplers=tuple(unet.downsample),
         upsamplers=tuple(unet.upsample[n - 2 - i] for i in range(n - 1)),
-        up_exits=tuple(unet.up[n - 1 - i][-1] for i in range(n)),
+        up_exits=tuple(exit_of(n - 1 - i) for i in range(n)),
         down_blocks=tuple(tuple(lv) for lv in unet.down),
         level_convs=tuple(level_convs),
-        mid_convs=tuple(_convs3(unet.mid)),
+        mid_convs=tuple(_convs3(mid)),
         timestep=lambda args, kwargs: float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["t"]
                                                             ).reshape(-1)[0]),
     )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 
 from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, pool_image, unpool_image
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
+from lib_chroma.toy.peers import guided_low_model
 from lib_chroma.toy.runs import (
     A1111_HIRES_STRENGTH,
     DEFAULT_SAMPLER,
@@ -136,11 +138,13 @@ class CFGDenoiser(torch.nn.Module):
 
     Prompt editing as A1111's ``[cond:detail:N]``: with ``detail`` given, calls ``0 .. switch_call - 1`` use
     ``cond`` and calls from ``switch_call`` on use ``detail`` (A1111 counts model calls, ``N = switch_call -
-    1``); the unconditional context stays."""
+    1``); the unconditional context stays. ``low_model``: the guidance's low-resolution call goes there (see
+    :class:`lib_chroma.guidance.UpsampleGuidedDenoiser`)."""
 
     def __init__(self, den: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
                  plan: GuidancePlan | None = None, pixel_ae: torch.nn.Module | None = None,
-                 detail: torch.Tensor | None = None, switch_call: int = 0) -> None:
+                 detail: torch.Tensor | None = None, switch_call: int = 0,
+                 low_model: Callable[..., torch.Tensor] | None = None) -> None:
         super().__init__()
         if cond.shape != uncond.shape:
             raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond {tuple(cond.shape)}")
@@ -153,7 +157,7 @@ class CFGDenoiser(torch.nn.Module):
         elif pixel_ae is not None:
             self.inner = PixelSpaceGuidedDenoiser(den, plan, pixel_ae)
         else:
-            self.inner = UpsampleGuidedDenoiser(den, plan)
+            self.inner = UpsampleGuidedDenoiser(den, plan, low_model=low_model)
         self.context = torch.cat([cond, uncond])
         self.detail_context = None if detail is None else torch.cat([detail, uncond])
         self.switch_call = int(switch_call)
@@ -216,24 +220,31 @@ def run_txt2img(
     switch_call: int = 0,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     scheduler: str = "Automatic",
+    patch: Callable[[], AbstractContextManager] | None = None,
+    bypass_low: bool = True,
 ) -> torch.Tensor:
     """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring);
     ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`);
     ``detail``: the prompts that replace ``prompts`` from model call ``switch_call`` on (A1111's prompt
     editing, :class:`CFGDenoiser`); ``callback(start, info)``: k-diffusion's per-step callback for the batch
-    starting at sample ``start``; ``scheduler``: an A1111 scheduler label (:func:`latent_sigmas`)."""
+    starting at sample ``start``; ``scheduler``: an A1111 scheduler label (:func:`latent_sigmas`); ``patch``: a
+    factory of a UNet patch (:mod:`lib_chroma.toy.peers`) entered around each batch, whose guided low-resolution
+    call bypasses it (``bypass_low``, as the WebUI adapters do; ``False``: it goes through the patch too)."""
     if detail is not None and len(detail) != len(prompts):
         raise ValueError(f"detail: need one per prompt ({len(prompts)}), got {len(detail)}")
     den = make_denoiser(unet)  # type: ignore[arg-type]
+    low = guided_low_model(den, unet.unet) if patch is not None and bypass_low else None
     sigmas = latent_sigmas(sampler, steps, scheduler).to(torch.float32)
     fn = _ks(sampler)
 
     def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         dcond = None if detail is None else _contexts(model, detail[start:start + size])[0]
         x = initial_noise(size, h, w, seed + start, channels=4) * sigmas[0]
-        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None, dcond, switch_call)
+        cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None, dcond, switch_call,
+                              low)
         cb = None if callback is None else (lambda info: callback(start, info))
-        return fn(cfg_den, x, sigmas, disable=True, callback=cb)
+        with patch() if patch is not None else nullcontext():
+            return fn(cfg_den, x, sigmas, disable=True, callback=cb)
 
     return _batched(model, prompts, seed, batch, progress, one)
 
