@@ -282,7 +282,8 @@ class GuidancePlan:
     full-resolution sigma: weight ``w`` inside ``[sigma_lo, sigma_hi]`` for shape ``constant``; for shape
     ``fade`` the weight of a level with cumulative factor M is ``w · clamp((q_end - r_M(sigma)) / (q_end - 1/2),
     0, 1)`` inside the window (full until level M is half generated, zero once it is q_end generated); for shape
-    ``hold`` it is ``w`` until level M is q_end generated and zero after.
+    ``hold`` it is ``w`` until level M is q_end generated and zero after (``q_end = 1``: never, since ``r_M < 1`` at
+    every ``sigma > 0``: the weight holds through the last step).
     ``power``: the data's signal power per pooled pixel P, which makes the ratio ``M² P / (M² P + sigma²)``;
     SD latents are scaled to unit variance (P = 1); other data (e.g. the toy's pixels) state theirs.
     ``grid``: ``fixed`` pools every call on the same blocks; ``moving`` shifts them by :func:`grid_offset` of
@@ -309,7 +310,7 @@ class GuidancePlan:
         if math.isnan(self.sigma_hi) or self.sigma_hi < self.sigma_lo:
             raise ValueError(f"sigma_hi: must be >= sigma_lo ({self.sigma_lo}), got {self.sigma_hi}")
         check_choice("shape", self.shape, SHAPES)
-        check_number("q_end", self.q_end, 0.5 + 1e-6, 1.0 - 1e-9)
+        check_number("q_end", self.q_end, 0.5 + 1e-6, 1.0)
         check_choice("operator", self.operator, OPERATORS)
         check_number("power", self.power, 1e-6, 1e6)
         check_choice("grid", self.grid, GRIDS)

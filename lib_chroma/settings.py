@@ -25,7 +25,6 @@ from typing import Any
 from lib_chroma.guidance import (
     DEFAULT_GRID,
     DEFAULT_OPERATOR,
-    DEFAULT_Q_END,
     DEFAULT_SCALE,
     DEFAULT_SHAPE,
     GRIDS,
@@ -56,6 +55,7 @@ __all__ = [
     "INFOTEXT_INFO_KEYS",
     "INFOTEXT_MARKER",
     "TITLE",
+    "LATENT_Q_END",
 ]
 
 #: The Script title: the accordion label and the API key of ``alwayson_scripts`` (matched case-insensitively).
@@ -117,6 +117,12 @@ PROMPT_MODE_CHOICES: tuple[str, ...] = ("off", "fields", "marker")
 GRID_CHOICES: tuple[str, ...] = GRIDS
 #: The grid of images whose infotext predates the ``RC grid`` key (pasting them must reproduce them).
 LEGACY_GRID = "fixed"
+#: The WebUI's window end for its latent families (SD1/SD2/SDXL): q = 1, the guided level is never "done", guidance
+#: holds through the last step (``lib_chroma.guidance.DEFAULT_Q_END``, 0.98, is the pixel toy's). Chosen on the
+#: latent reference model's tuning seeds and confirmed on 128 held-out samples per row (README "Benchmark (latent
+#: model)", docs/theory.md §10): at 2× the later the end, the fewer deformed faces (DPM++ 2M Karras 20, CFG 5:
+#: q 0.98 0.46, 0.995 0.63, 0.999 0.70, 1 0.74 proper faces; native 0.94).
+LATENT_Q_END = 1.0
 
 #: The table. ORDER MATTERS: it is the positional API order; append new fields at the end only.
 FIELDS: tuple[FieldSpec, ...] = (
@@ -241,13 +247,14 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "q_end",
         "float",
-        DEFAULT_Q_END,
+        LATENT_Q_END,
         "Guided level done at (q)",
         "RC shape",
-        "fade/hold: the weight is 0 once the guided level is this fraction generated (r_m >= q).",
+        "fade/hold: the weight is 0 once the guided level is this fraction generated (r_m >= q); hold with 1: "
+        "never, guidance holds through the last step (the default: latent models keep their features only so).",
         0.55,
-        0.99,
-        0.01,
+        1.0,
+        0.005,
     ),
     FieldSpec(
         "operator",
@@ -395,13 +402,14 @@ _GUIDANCE_DEFAULTS: dict[str, Any] = {
     "scale": DEFAULT_SCALE,
     "window": "auto",
     "shape": DEFAULT_SHAPE,
-    "q_end": DEFAULT_Q_END,
+    "q_end": LATENT_Q_END,
     "operator": DEFAULT_OPERATOR,
     "grid": DEFAULT_GRID,
     "switch_q": 0.5,
 }
-# Same guidance for every family until it is measured per family (only the toy model was measured here);
-# SDXL's native latent is twice SD1's, so its layout switch is one level coarser.
+# Same guidance for every family: the latent reference model stands for all three (no SD weights here), so the
+# window end is the latent model's (LATENT_Q_END); SDXL's native latent is twice SD1's, so its layout switch is one
+# level coarser.
 PRESETS: dict[str, dict[str, Any]] = {
     "SD1.5": {**_GUIDANCE_DEFAULTS, "switch_level": 4},
     "SD2.x": {**_GUIDANCE_DEFAULTS, "switch_level": 4},
@@ -499,7 +507,7 @@ class RCSettings:
     window_start: float = 0.0
     window_end: float = 1.0
     shape: str = DEFAULT_SHAPE
-    q_end: float = DEFAULT_Q_END
+    q_end: float = LATENT_Q_END
     operator: str = DEFAULT_OPERATOR
     nested: bool = True
     passes: str = "first"

@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+from lib_chroma import settings as S
 from lib_chroma.cascade import plan_cascade
 from lib_chroma.schedule import model_schedule, sampler_sigmas
 from lib_chroma.webui import cascade_setup as CS
@@ -84,7 +85,8 @@ def test_cascade_turns_txt2img_into_the_planned_hires_fix(web):
     inner = Inner()
     seen = run_cascade(web, p, [{"cascade": True}], inner)
     user = sampler_sigmas("DPM++ 2M", "Karras", 20, model_schedule("sd1"))
-    plan = plan_cascade(user.float().double(), (2, 2), power=CS.CASCADE_POWER)
+    plan = plan_cascade(user.float().double(), (2, 2), power=CS.CASCADE_POWER,
+                        guidance=CS.guidance_kwargs(S.RCSettings()))
     nat, full = plan.stages
     assert (p.width, p.height, p.enable_hr, p.hr_resize_x, p.hr_resize_y) == (512, 512, True, 1024, 1024)
     assert p.hr_upscaler == "Latent" and p.hr_second_pass_steps == full.steps

@@ -312,6 +312,19 @@ def test_default_window_ends_at_r_098_the_094_end_for_content_of_power_032():
     assert G.GuidancePlan.build((2, 2), q_end=0.94).weight(0, 0.4) == 0.0 < d.weight(0, 0.4)
 
 
+def test_hold_to_q_1_guides_every_step_down_to_the_last_sigma():
+    """q_end = 1 (the WebUI's latent default): r_M < 1 at every sigma > 0, so a hold never closes; every level of a
+    nested plan keeps its weight; fade still fades; above 1 is refused naming the field."""
+    sig = [14.6, 3.0, 0.5, 0.1, 0.0292]
+    p = G.GuidancePlan.build((4, 4), q_end=1.0)
+    assert all(p.weight(0, s) == 1.5 and p.weight(1, s) == 1.0 for s in sig)
+    assert p.active_steps(torch.tensor(sig + [0.0])) == list(range(len(sig)))
+    fade = G.GuidancePlan.build((2, 2), shape="fade", q_end=1.0)
+    assert fade.weight(0, 14.6) == 1.5 and 0.0 < fade.weight(0, 0.0292) < 0.01
+    with pytest.raises(ValueError, match="q_end"):
+        G.GuidancePlan.build((2, 2), q_end=1.001)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Moving pooling grid
 # ------------------------------------------------------------------------------------------------------------

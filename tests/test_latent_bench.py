@@ -67,6 +67,18 @@ def test_factor_rows_share_prompts_and_report_costs(tiny: LatentModel) -> None:
     assert "| plain |" in bench.markdown(rows)
 
 
+def test_peer_rows_patch_the_latent_unet_and_cost_like_plain(tiny: LatentModel) -> None:
+    rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=4, plans={}, baselines=False,
+                            batch=2, peers=True)
+    by = {r["method"]: r for r in rows}
+    assert [r["method"] for r in rows[2:]] == list(bench.PEER_ROWS)
+    for label, (_name, guided, _bypass) in bench.PEER_ROWS.items():
+        assert by[label]["calls_by_size"]["32x32"] == 4
+        assert ("16x16" in by[label]["calls_by_size"]) is guided
+        # a patch changes no call count: unguided peers cost what plain costs (the shrink's savings are inside)
+        assert (by[label]["pixel_evals_x"] == 1.0) is not guided
+
+
 def test_tile_places_images_row_major() -> None:
     imgs = -torch.ones(3, 3, 2, 2)
     imgs[1] = 1.0

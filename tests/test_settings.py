@@ -233,3 +233,17 @@ def test_accordion_groups():
         S.fields_in("extra")
     with pytest.raises(ValueError, match="x: group"):
         S.FieldSpec("x", "bool", False, "X", None, "", group="extra")
+
+
+def test_webui_defaults_hold_to_the_latent_models_window_end():
+    """The WebUI's families are latent: fields, presets and the slider default carry LATENT_Q_END (the latent
+    model's), not the pixel toy's library default, and the slider reaches it."""
+    from lib_chroma.guidance import DEFAULT_Q_END
+
+    assert S.LATENT_Q_END != DEFAULT_Q_END
+    assert S.RCSettings().q_end == S.LATENT_Q_END == S.FIELD_BY_NAME["q_end"].default
+    assert all(S.preset_values(p)["q_end"] == S.LATENT_Q_END for p in S.PRESET_CHOICES)
+    spec = S.FIELD_BY_NAME["q_end"]
+    assert spec.minimum <= S.LATENT_Q_END <= spec.maximum
+    assert abs(round(S.LATENT_Q_END / spec.step) * spec.step - S.LATENT_Q_END) < 1e-9
+    assert S.from_dict({}, family="sdxl").q_end == S.LATENT_Q_END

@@ -17,8 +17,9 @@ is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--fact
   power ``P`` (``meta["level_power"]["1"]``, :func:`lib_chroma.toy.runs.hires_chroma_strength`), and at that
   strength with an image upscaler (decode, bilinear pixels, encode: :func:`runs.upscale_pixels`);
 - guidance through :mod:`lib_chroma.guidance` inside the CFG (:data:`STANDARD_PLANS`): the library's defaults
-  (``GuidancePlan.build((m, m), sigmas=...)``), the paper's latent recipe (constant ``w = 1.2`` over the first
-  ``eta = 60 %`` and ``30 %`` of the steps), all steps at constant ``w = 1``, and any ``--plan`` given.
+  (``GuidancePlan.build((m, m), sigmas=...)``), the WebUI's (the same with ``q_end = LATENT_Q_END``), the
+  paper's latent recipe (constant ``w = 1.2`` over the first ``eta = 60 %`` and ``30 %`` of the steps), all
+  steps at constant ``w = 1``, and any ``--plan`` given.
 
 ``--plan`` takes ``key=value`` pairs: the :meth:`GuidancePlan.build` keywords ``scale``, ``shape``, ``q_end``,
 ``operator``, ``grid``, ``power``, and ``eta`` (constant weight over the first ``eta`` of the steps) or
@@ -27,6 +28,10 @@ plan's levels become the factor's levels followed by ``(2, 2)``: the native-size
 the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`); ``space=pixel`` makes the
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
 fixed grid, one level).
+
+``--peers``: the UNet-patching peers (:data:`PEER_ROWS`; DemoFusion is a pixel-toy row only) with their SD 1.5
+defaults for the factor, and Deep Shrink with the default guidance, its low-resolution call bypassing the shrink
+(as the WebUI adapters do) or not.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
@@ -50,6 +55,8 @@ from typing import Any
 import torch
 
 from lib_chroma.guidance import GuidancePlan, factor_levels
+from lib_chroma.settings import LATENT_Q_END
+from lib_chroma.toy import peers as P
 
 from . import runs, scorer, switching, text
 from .train import LatentModel, load_model
@@ -66,6 +73,7 @@ TUNING_SEED = 2000
 #: The guided rows every factor gets: label -> plan spec (see :func:`make_plan`).
 STANDARD_PLANS: dict[str, dict[str, Any]] = {
     "guidance, library defaults": {},
+    f"guidance, WebUI default (hold to r2 = {LATENT_Q_END:g})": {"q_end": LATENT_Q_END},
     "guidance, paper's latent recipe (first 60 %, w=1.2)": {"scale": 1.2, "eta": 0.6},
     "guidance, first 30 %, w=1.2": {"scale": 1.2, "eta": 0.3},
     "guidance, all steps, constant w=1": {"scale": 1.0, "eta": 1.0},
@@ -171,10 +179,22 @@ def run_native(model: LatentModel, n: int, seed: int, cfgs: list[float], sampler
     return out
 
 
+#: ``--peers`` rows: label -> (peer name for :func:`lib_chroma.toy.peers.make_peer`, guided, low call bypasses).
+PEER_ROWS: dict[str, tuple[str, bool, bool]] = {
+    "Deep Shrink (x1/2 bicubic after the first downsample, 0-35 %)": ("deep_shrink", False, True),
+    "HiDiffusion RAU-Net (its SD 1.5 defaults for the factor)": ("hidiffusion", False, True),
+    "ScaleCrafter re-dilation (its SD 1.5 defaults for the factor)": ("scalecrafter", False, True),
+    "Deep Shrink + default guidance (low-res call bypasses the shrink)": ("deep_shrink", True, True),
+    "Deep Shrink + default guidance, low-res call shrunk too (unprotected)": ("deep_shrink", True, False),
+}
+
+
 def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sampler: str, steps: int,
-               plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16) -> list[dict[str, Any]]:
+               plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16,
+               peers: bool = False) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
-    seeds, costs relative to ``plain``."""
+    seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
+    :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`)."""
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
@@ -222,6 +242,16 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
+    if peers:
+        pm = P.toy_map(model.unet)
+        for label, (name, guided, bypass) in PEER_ROWS.items():
+            plan = make_plan(m, steps, sampler, {}) if guided else None
+            unet.reset()
+            t0 = time.time()
+            z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
+                                 batch=batch, patch=lambda name=name: P.make_peer(name, pm, m, steps),
+                                 bypass_low=bypass)
+            rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
     plain = rows[1]
     for r in rows:
         r.update(factor=m, sampler=sampler, steps=steps, cfg=cfg, n=n, seed=seed)
@@ -309,6 +339,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="append", default=[], metavar="K=V,...", help="an extra guided row")
     p.add_argument("--only-plans", action="store_true", help="no standard guided rows, only --plan rows")
     p.add_argument("--no-baselines", action="store_true", help="no upscale and hires rows")
+    p.add_argument("--peers", action="store_true",
+                   help="add the UNet-patching peers (Deep Shrink, HiDiffusion RAU-Net, ScaleCrafter, Deep Shrink + "
+                        "guidance) at each factor")
     p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
@@ -339,7 +372,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             for m in factors:
                 for cfg in args.cfg:
                     rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
-                                       baselines=not args.no_baselines)
+                                       baselines=not args.no_baselines, peers=args.peers)
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)
