@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from lib_chroma import chromatography as chroma
-from lib_chroma.guidance import DEFAULT_Q_END, DEFAULT_SCALE, DEFAULT_SHAPE, GuidancePlan, auto_factor
+from lib_chroma.guidance import DEFAULT_SCALE, DEFAULT_SHAPE, GuidancePlan, auto_factor
 from lib_chroma.prompts import DEFAULT_SWITCH_LEVEL, DEFAULT_SWITCH_Q, realized_switch, switch_step, when_fraction
 from lib_chroma.schedule import MODEL_FAMILIES, model_schedule, sampler_info, sampler_sigmas
+from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.validation import check_choice, check_int, check_number
 
 __all__ = ["curves_report"]
@@ -34,13 +35,14 @@ def curves_report(
     window: str = "auto",
     window_range: tuple[float, float] | None = None,
     shape: str = DEFAULT_SHAPE,
-    q_end: float = DEFAULT_Q_END,
+    q_end: float = LATENT_Q_END,
     nested: bool = True,
     switch_level: float = DEFAULT_SWITCH_LEVEL,
     switch_q: float = DEFAULT_SWITCH_Q,
 ) -> dict[str, Any]:
     """Build the report (JSON-serialisable). ``factor=None`` picks (m_h, m_w) with
-    :func:`lib_chroma.guidance.auto_factor` from the size and the family's native size."""
+    :func:`lib_chroma.guidance.auto_factor` from the size and the family's native size; the window end defaults
+    to the WebUI's for its latent families (:data:`lib_chroma.settings.LATENT_Q_END`)."""
     check_choice("model", model, MODEL_FAMILIES)
     check_int("steps", steps, 1, 1000)
     check_int("width", width, 64, 16384)
