@@ -7,8 +7,10 @@ upsample guidance 2x and nested guidance 4x (128x128), by default with DPM++ 2M 
 Karras sigmas) and 20 steps. Writes to ``outputs/demo/``:
 
 - ``grid.png``: the labelled comparison grid (rows = methods, columns = seeds; each cell shown at 128x128),
+- ``latent_grid.png``: the latent model's rows (:mod:`lib_chroma.toy.latent.demo`: native, plain 2x, 2x guidance
+  with the WebUI's and the library's defaults; prompts naming five attributes, CFG 5), unless ``--no-latent``,
 - ``chromatogram.png``: the curve figure (:mod:`lib_chroma.plots`) of the 2x guided run,
-- ``scores.json``: the score table, which is also printed.
+- ``scores.json``: the score tables, which are also printed.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--weights", type=Path, default=None, help="model weights (default: the shipped ones)")
+    p.add_argument("--no-latent", action="store_true", help="the pixel toy only (no latent-model rows)")
     args = p.parse_args(argv)
     if args.n < 1 or args.steps < 2:
         raise ValueError("n: must be >= 1 and steps >= 2")
@@ -105,8 +108,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     s_chroma = runs.hires_chroma_strength(2, steps, smp)
     plan2 = runs.make_plan((2, 2), steps, smp)
     plan4 = runs.make_plan((4, 4), steps, smp)
-    # progress in pixel-step units of 32x32 samples (cost ~ pixels)
-    bar = Progress(n * (1 + 4 + 4 + 4 + 5 + 21))
+    # progress in pixel-step units of native samples (cost ~ pixels); the latent rows: 1 + 4 + 5 + 5
+    bar = Progress(n * (1 + 4 + 4 + 4 + 5 + 21) + (0 if args.no_latent else n * 15))
     rows: list[tuple[str, torch.Tensor]] = []
     table: list[dict[str, Any]] = []
 
@@ -144,6 +147,11 @@ def demo_main(argv: list[str] | None = None) -> int:
     record("guidance 4×\n(nested 2·2)", "guidance 4x", imgs, t0, 4)
 
     _grid_png(rows, args.out / "grid.png")
+    latent = None
+    if not args.no_latent:
+        from .latent.demo import latent_demo
+
+        latent = latent_demo(n, seed, args.out, progress=bar)
     from lib_chroma.plots import save_png
 
     report = runs.toy_report(steps, (2, 2), plan2, smp)
@@ -154,15 +162,19 @@ def demo_main(argv: list[str] | None = None) -> int:
         "hires_strengths": {"a1111": runs.A1111_HIRES_STRENGTH, "chromatography": s_chroma},
         "guidance_2x_window": plan2.window_steps(report["sigmas"]),
         "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-        "wall_s": round(total, 1), "table": table,
+        "wall_s": round(total, 1), "table": table, "latent": latent,
     }
     (args.out / "scores.json").write_text(json.dumps(info, indent=1, default=float))
     print(f"toy demo: {n} seeds, {runs.a1111_label(smp)} {steps} steps; hires strengths A1111 "
           f"{runs.A1111_HIRES_STRENGTH}, chromatography {s_chroma}; 2x guidance window steps "
           f"{info['guidance_2x_window']}")
     print(_fmt_table(table))
-    print(f"wrote {args.out / 'grid.png'}, {args.out / 'chromatogram.png'}, {args.out / 'scores.json'} "
-          f"in {total:.0f}s")
+    if latent is not None:
+        print(f"latent model (SD-like: autoencoder, attention, prompts, CFG {latent['cfg']:g}): {n} seeds, DPM++ 2M "
+              f"{latent['steps']} steps, prompts such as \"{latent['prompts'][0]}\"")
+        print(_fmt_table(latent["table"]))
+    wrote = ["grid.png"] + ([] if latent is None else ["latent_grid.png"]) + ["chromatogram.png", "scores.json"]
+    print(f"wrote {', '.join(str(args.out / w) for w in wrote)} in {total:.0f}s")
     return 0
 
 
