@@ -179,13 +179,14 @@ def run_native(model: LatentModel, n: int, seed: int, cfgs: list[float], sampler
     return out
 
 
-#: ``--peers`` rows: label -> (peer name for :func:`lib_chroma.toy.peers.make_peer`, guided, low call bypasses).
+#: ``--peers`` rows: label -> (peer name for :func:`lib_chroma.toy.peers.make_peer`, guided with the library's
+#: default plan, low call bypasses).
 PEER_ROWS: dict[str, tuple[str, bool, bool]] = {
     "Deep Shrink (x1/2 bicubic after the first downsample, 0-35 %)": ("deep_shrink", False, True),
     "HiDiffusion RAU-Net (its SD 1.5 defaults for the factor)": ("hidiffusion", False, True),
     "ScaleCrafter re-dilation (its SD 1.5 defaults for the factor)": ("scalecrafter", False, True),
-    "Deep Shrink + default guidance (low-res call bypasses the shrink)": ("deep_shrink", True, True),
-    "Deep Shrink + default guidance, low-res call shrunk too (unprotected)": ("deep_shrink", True, False),
+    "Deep Shrink + guidance, library default (low-res call bypasses the shrink)": ("deep_shrink", True, True),
+    "Deep Shrink + guidance, library default, low-res call shrunk too (unprotected)": ("deep_shrink", True, False),
 }
 
 

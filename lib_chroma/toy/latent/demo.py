@@ -48,7 +48,8 @@ def latent_demo(n: int, seed: int, out: Path, steps: int = 20, cfg: float = 5.0,
                       "calls": {f"{h}x{w}": c for (h, w), c in sorted(unet.calls.items())},
                       "wall_s": time.time() - t0})
         if progress is not None:
-            progress(cost * n, f"latent {label.splitlines()[0]}")
+            first = label.splitlines()[0]
+            progress(cost * n, first if first.startswith("latent") else f"latent {first}")
 
     record("latent native\n64 px", NATIVE, 1)
     record("latent plain 2×", 2 * NATIVE, 4)
