@@ -104,7 +104,14 @@ def write_hf_clip(folder: Path, bpe_gz: Path, hidden: int, pooled: int | None = 
         pad_token_id=49407,
     )
     torch.manual_seed(1)
-    CLIPTextModel(cfg).save_pretrained(str(folder))
+    model = CLIPTextModel(cfg)
+    # A fresh LayerNorm (weight 1, bias 0) makes every token's output zero-mean, and A1111's prompt emphasis divides
+    # by that mean (0/0 = NaN on some torch builds): a seeded, non-zero final norm keeps the mean away from 0.
+    with torch.no_grad():
+        norm = model.text_model.final_layer_norm
+        norm.weight.add_(0.1 * torch.randn_like(norm.weight))
+        norm.bias.copy_(0.1 + 0.1 * torch.randn_like(norm.bias))
+    model.save_pretrained(str(folder))
 
 
 def write_openclip_hub(cache: Path, name: str, width: int, embed_dim: int) -> str:
