@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.toy.latent import runs
-from lib_chroma.toy.latent.demo import latent_demo
+from lib_chroma.toy.latent.demo import PROGRESS_UNITS, latent_demo
 
 
 def test_latent_demo_rows_grid_and_calls(tmp_path) -> None:
@@ -21,4 +21,5 @@ def test_latent_demo_rows_grid_and_calls(tmp_path) -> None:
     assert library["calls"]["16x16"] <= 3
     assert all(0.0 <= r["proper_face"] <= 1.0 for r in rows) and len(res["prompts"]) == 2
     assert (tmp_path / "latent_grid.png").stat().st_size > 0
-    assert sum(k for k, _ in seen) == 2 * 15
+    assert sum(k for k, _ in seen) == 2 * PROGRESS_UNITS == 2 * 15
+    assert all(label.startswith("latent ") for _, label in seen)

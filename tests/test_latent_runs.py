@@ -146,3 +146,13 @@ def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule(g
     assert torch.equal(outs[0], outs[1]) == (grid == "fixed")
     with pytest.raises(ValueError, match="one level"):
         runs.PixelSpaceGuidedDenoiser(den, GuidancePlan(((2, 2), (2, 2))), _IdentityAE())
+    # a given low_model takes the low-resolution call (as UpsampleGuidedDenoiser's does)
+    low_calls: list[tuple[int, ...]] = []
+
+    def low_den(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        low_calls.append(tuple(x.shape))
+        return den(x, sigma, context)
+
+    calls.clear()
+    runs.PixelSpaceGuidedDenoiser(den, plan, _IdentityAE(), low_model=low_den)(x, torch.full((2,), 2.0), context=ctx)
+    assert low_calls == [low] and calls == [tuple(x.shape), low]

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from . import runs, scorer
+from .latent.demo import PROGRESS_UNITS as LATENT_PROGRESS_UNITS
+from .latent.demo import latent_demo
 from .train import load_model
 
 DEFAULT_OUT = Path("outputs/demo")
@@ -108,8 +110,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     s_chroma = runs.hires_chroma_strength(2, steps, smp)
     plan2 = runs.make_plan((2, 2), steps, smp)
     plan4 = runs.make_plan((4, 4), steps, smp)
-    # progress in pixel-step units of native samples (cost ~ pixels); the latent rows: 1 + 4 + 5 + 5
-    bar = Progress(n * (1 + 4 + 4 + 4 + 5 + 21) + (0 if args.no_latent else n * 15))
+    # progress in pixel-step units of native samples (cost ~ pixels)
+    bar = Progress(n * (1 + 4 + 4 + 4 + 5 + 21) + (0 if args.no_latent else n * LATENT_PROGRESS_UNITS))
     rows: list[tuple[str, torch.Tensor]] = []
     table: list[dict[str, Any]] = []
 
@@ -149,8 +151,6 @@ def demo_main(argv: list[str] | None = None) -> int:
     _grid_png(rows, args.out / "grid.png")
     latent = None
     if not args.no_latent:
-        from .latent.demo import latent_demo
-
         latent = latent_demo(n, seed, args.out, progress=bar)
     from lib_chroma.plots import save_png
 

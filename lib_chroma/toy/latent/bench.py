@@ -27,11 +27,11 @@ is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--fact
 plan's levels become the factor's levels followed by ``(2, 2)``: the native-size prediction is itself guided by
 the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`); ``space=pixel`` makes the
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
-fixed grid, one level).
+one level, on the plan's grid).
 
 ``--peers``: the UNet-patching peers (:data:`PEER_ROWS`; DemoFusion is a pixel-toy row only) with their SD 1.5
-defaults for the factor, and Deep Shrink with the default guidance, its low-resolution call bypassing the shrink
-(as the WebUI adapters do) or not.
+defaults for the factor, and Deep Shrink with the library's default guidance, its low-resolution call bypassing the
+shrink (as the WebUI adapters do) or not.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when

@@ -17,6 +17,8 @@ from . import runs, scorer, text
 from .train import load_model
 
 NATIVE = 16  # latent pixels (64 px)
+#: Progress units per sample (native-size sample = 1): native, plain 2x, two guided 2x rows.
+PROGRESS_UNITS = 1 + 4 + 5 + 5
 
 
 def latent_demo(n: int, seed: int, out: Path, steps: int = 20, cfg: float = 5.0,
@@ -48,11 +50,10 @@ def latent_demo(n: int, seed: int, out: Path, steps: int = 20, cfg: float = 5.0,
                       "calls": {f"{h}x{w}": c for (h, w), c in sorted(unet.calls.items())},
                       "wall_s": time.time() - t0})
         if progress is not None:
-            first = label.splitlines()[0]
-            progress(cost * n, first if first.startswith("latent") else f"latent {first}")
+            progress(cost * n, f"latent {label.splitlines()[0]}")
 
-    record("latent native\n64 px", NATIVE, 1)
-    record("latent plain 2×", 2 * NATIVE, 4)
+    record("native 64 px", NATIVE, 1)
+    record("plain 2×", 2 * NATIVE, 4)
     for label, plan in plans.items():
         record(label, 2 * NATIVE, 5, plan)
     _grid_png(rows, out / "latent_grid.png")

@@ -99,13 +99,16 @@ class PixelSpaceGuidedDenoiser(torch.nn.Module):
 
     With the plan's moving grid, the latent blocks of ``D`` move by :func:`lib_chroma.guidance.grid_offset` from
     call to call (:meth:`reset` starts a run at phase 0) and ``D_p``, ``U_p`` pool and place the pixels on the same
-    blocks (:func:`lib_chroma.guidance.pool_image` / ``unpool_image``, ``f`` pixels per latent pixel)."""
+    blocks (:func:`lib_chroma.guidance.pool_image` / ``unpool_image``, ``f`` pixels per latent pixel). The
+    low-resolution call goes to ``low_model`` when given (as in :class:`lib_chroma.guidance.UpsampleGuidedDenoiser`)."""
 
-    def __init__(self, model: Callable[..., torch.Tensor], plan: GuidancePlan, ae: torch.nn.Module) -> None:
+    def __init__(self, model: Callable[..., torch.Tensor], plan: GuidancePlan, ae: torch.nn.Module,
+                 low_model: Callable[..., torch.Tensor] | None = None) -> None:
         super().__init__()
         if len(plan.levels) != 1:
             raise ValueError(f"plan: pixel-space guidance takes one level, got {plan.levels}")
         self.inner = model
+        self.low_model = low_model if low_model is not None else model
         self.plan = plan
         self.ae = ae
         self.phase = 0
@@ -122,7 +125,7 @@ class PixelSpaceGuidedDenoiser(torch.nn.Module):
             return denoised
         mh, mw = self.plan.levels[0]
         off = self.plan.offset(0, phase)
-        d_low = self.inner(pool(x, mh, mw, off), sigma / math.sqrt(mh * mw), **kwargs)
+        d_low = self.low_model(pool(x, mh, mw, off), sigma / math.sqrt(mh * mw), **kwargs)
         img, img_low = self.ae.decode(denoised), self.ae.decode(d_low)
         lat, f = (int(x.shape[-2]), int(x.shape[-1])), img.shape[-1] // x.shape[-1]
         corr = unpool_image(img_low - pool_image(img, mh, mw, lat, off, f), mh, mw, lat, "bilinear", off, f)
@@ -155,7 +158,7 @@ class CFGDenoiser(torch.nn.Module):
         if plan is None:
             self.inner: torch.nn.Module = den
         elif pixel_ae is not None:
-            self.inner = PixelSpaceGuidedDenoiser(den, plan, pixel_ae)
+            self.inner = PixelSpaceGuidedDenoiser(den, plan, pixel_ae, low_model)
         else:
             self.inner = UpsampleGuidedDenoiser(den, plan, low_model=low_model)
         self.context = torch.cat([cond, uncond])
