@@ -71,12 +71,30 @@ def test_peer_rows_patch_the_latent_unet_and_cost_like_plain(tiny: LatentModel) 
     rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=4, plans={}, baselines=False,
                             batch=2, peers=True)
     by = {r["method"]: r for r in rows}
-    assert [r["method"] for r in rows[2:]] == list(bench.PEER_ROWS)
+    assert [r["method"] for r in rows[2:]] == [*bench.PEER_ROWS, bench.demofusion_label(2)]
     for label, (_name, guided, _bypass) in bench.PEER_ROWS.items():
         assert by[label]["calls_by_size"]["32x32"] == 4
         assert ("16x16" in by[label]["calls_by_size"]) is guided
         # a patch changes no call count: unguided peers cost what plain costs (the shrink's savings are inside)
         assert (by[label]["pixel_evals_x"] == 1.0) is not guided
+    # DemoFusion at 2x: the native pass's 4 calls, then per step 3 x 3 windows + 2 x 2 sub-lattices, all native-size
+    demo = rows[-1]
+    assert demo["calls_by_size"] == {"16x16": 4 * (9 + 4)} and demo["calls"] == 4 + 4 * 13
+    assert demo["pixel_evals_x"] == pytest.approx((4 + 4 * 13) / (4 * 4))
+    skipped = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=4, plans={}, baselines=False,
+                               batch=2, peers=True, skip=("DemoFusion", "Shrink"))
+    assert [r["method"] for r in skipped[2:]] == [k for k in bench.PEER_ROWS if "Shrink" not in k]
+
+
+def test_cascade_row_stops_early_and_costs_less_than_plain(tiny: LatentModel) -> None:
+    rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=8, plans={}, baselines=False,
+                            batch=2, cascade=True)
+    (label, plan), = bench.cascade_plans(tiny, 2, 8, "euler").items()
+    row = rows[-1]
+    assert row["method"] == label and label.startswith("cascade, the WebUI's rule") and " → 128² steps " in label
+    native, full = plan.stages
+    assert row["calls_by_size"]["32x32"] == full.steps < 8 and row["calls_by_size"]["16x16"] > native.steps
+    assert row["pixel_evals_x"] < 1.0
 
 
 def test_tile_places_images_row_major() -> None:

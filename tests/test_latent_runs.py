@@ -87,6 +87,21 @@ def test_pixel_upscaler_is_decode_upscale_encode(tiny: LatentModel) -> None:
         runs.run_hires(tiny, unet, z, PROMPTS[:2], 16, 16, 3, seed=1, upscaler="lanczos")
 
 
+def test_demofusion_runs_each_phase_through_cfg_on_native_size_views(tiny: LatentModel) -> None:
+    unet = runs.CountingUNet(tiny.unet)
+    low = runs.run_txt2img(tiny, unet, PROMPTS[:2], 16, 16, 4, seed=5000, sampler="euler", batch=2)
+    unet.reset()
+    z = runs.run_demofusion(tiny, unet, low, PROMPTS[:2], 3, 4, seed=5000, sampler="euler", batch=2)
+    assert z.shape == (2, 4, 48, 48) and bool(z.isfinite().all())
+    # per step: scale 2 has 3 x 3 windows + 4 sub-lattices, scale 3 has 5 x 5 windows + 9; one batched CFG call each
+    assert unet.calls == {(16, 16): 4 * (13 + 34)} and unet.pixel_evals == 4 * 47 * 4 * 256
+    other = runs.run_demofusion(tiny, unet, low, PROMPTS[2:] + PROMPTS[:1], 3, 4, seed=5000, sampler="euler",
+                                batch=2)
+    assert not torch.allclose(z, other)  # the prompts reach the views
+    with pytest.raises(ValueError, match="square"):
+        runs.run_demofusion(tiny, unet, low[..., :8], PROMPTS[:2], 2, 4, seed=5000, sampler="euler")
+
+
 def test_cfg_scale_changes_the_samples(tiny: LatentModel) -> None:
     unet = runs.CountingUNet(tiny.unet)
     a = runs.run_txt2img(tiny, unet, PROMPTS[:1], 16, 16, 3, seed=2, cfg=1.0)
@@ -156,3 +171,20 @@ def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule(g
     calls.clear()
     runs.PixelSpaceGuidedDenoiser(den, plan, _IdentityAE(), low_model=low_den)(x, torch.full((2,), 2.0), context=ctx)
     assert low_calls == [low] and calls == [tuple(x.shape), low]
+
+
+def test_cascade_stops_the_native_pass_and_guides_the_full_size_pass(tiny: LatentModel) -> None:
+    from lib_chroma.cascade import plan_cascade
+
+    sig = runs.latent_sigmas("euler", 8)
+    plan = plan_cascade(sig, (2, 2), guidance={"q_end": 1.0})
+    assert plan is not None and len(plan.stages) == 2
+    native, full = plan.stages
+    unet = runs.CountingUNet(tiny.unet)
+    z = runs.run_cascade(tiny, unet, PROMPTS[:2], plan, seed=5000, sampler="euler", batch=2)
+    assert z.shape == (2, 4, 32, 32) and bool(z.isfinite().all())
+    guided = len(full.plan.active_steps(full.sigmas))
+    # native-size calls: the first pass's steps and the full-size pass's guided low-resolution calls
+    assert unet.calls == {(16, 16): native.steps + guided, (32, 32): full.steps}
+    other = runs.run_cascade(tiny, unet, PROMPTS[2:] + PROMPTS[:1], plan, seed=5000, sampler="euler", batch=2)
+    assert not torch.allclose(z, other)  # the prompts reach both passes

@@ -29,9 +29,15 @@ the model at half its native size, nested as in :func:`lib_chroma.guidance.guide
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
 one level, on the plan's grid).
 
-``--peers``: the UNet-patching peers (:data:`PEER_ROWS`; DemoFusion is a pixel-toy row only) with their SD 1.5
-defaults for the factor, and Deep Shrink with the library's default guidance, its low-resolution call bypassing the
-shrink (as the WebUI adapters do) or not.
+``--peers``: the UNet-patching peers (:data:`PEER_ROWS`) with their SD 1.5 defaults for the factor, Deep Shrink
+with the library's default guidance, its low-resolution call bypassing the shrink (as the WebUI adapters do) or
+not, and DemoFusion (:func:`lib_chroma.toy.latent.runs.run_demofusion`: native-size windows and dilated
+sub-lattices through the same CFG; DPM++ 2M and Euler only). ``--skip TEXT`` leaves out the guided and peer rows
+whose label contains TEXT.
+
+``--cascade``: the chromatographic cascade (:func:`cascade_plans`, :func:`lib_chroma.toy.latent.runs.run_cascade`):
+the WebUI's stop rule (unit power) and the same with the latents' measured power, the full-size pass guided with
+the WebUI's window.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
@@ -54,6 +60,7 @@ from typing import Any
 
 import torch
 
+from lib_chroma.cascade import CascadePlan, plan_cascade
 from lib_chroma.guidance import GuidancePlan, factor_levels
 from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.toy import peers as P
@@ -190,12 +197,45 @@ PEER_ROWS: dict[str, tuple[str, bool, bool]] = {
 }
 
 
+def demofusion_label(m: int) -> str:
+    """The DemoFusion row's label at factor ``m``."""
+    return f"DemoFusion (native pass + scales 2-{m}, cosine 3/1/1, sigma 1)"
+
+
+def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str) -> dict[str, CascadePlan]:
+    """``--cascade`` rows: the WebUI's rule (unit power, loss ``DEFAULT_LOSS``, its guidance held to
+    ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; labels name
+    the stages' user steps (1-based) and the guided steps of the full-size pass."""
+    sig = runs.latent_sigmas(sampler, steps)
+    out: dict[str, CascadePlan] = {}
+    powers = [("the WebUI's rule, unit power", 1.0)]
+    if "level_power" in model.meta:
+        power = float(model.meta["level_power"]["1"])
+        powers.append((f"latent power {power:.2f}", power))
+    for what, power in powers:
+        plan = plan_cascade(sig, (m, m), power=power, guidance={"q_end": LATENT_Q_END})
+        if plan is None:
+            continue
+        parts = []
+        for st in plan.stages:
+            a, b = st.user_steps
+            side = NATIVE_LATENT * st.factor[0] * F_DOWN
+            g = st.plan.window_steps(st.sigmas) if st.plan is not None else None
+            parts.append(f"{side}² steps {a + 1}–{b + 1}"
+                         + ("" if g is None else f" guided {a + g[0] + 1}–{a + g[1] + 1}"))
+        if not any(label.endswith(": " + " → ".join(parts)) for label in out):  # a power that moves no step
+            out[f"cascade, {what}: {' → '.join(parts)}"] = plan
+    return out
+
+
 def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sampler: str, steps: int,
                plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16,
-               peers: bool = False) -> list[dict[str, Any]]:
+               peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
     seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
-    :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`)."""
+    :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`) and DemoFusion
+    (its native pass is the native row's, whose cost it includes). ``skip``: guided and peer rows whose label
+    contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows."""
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
@@ -233,6 +273,8 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
             rows.append(row)
     sig = runs.latent_sigmas(sampler, steps)
     for label, spec in plans.items():
+        if any(t in label for t in skip):
+            continue
         plan = make_plan(m, steps, sampler, spec)
         unet.reset()
         t0 = time.time()
@@ -243,9 +285,18 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
+    for label, cplan in (cascade_plans(model, m, steps, sampler) if cascade else {}).items():
+        if any(t in label for t in skip):
+            continue
+        unet.reset()
+        t0 = time.time()
+        z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch)
+        rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
     if peers:
         pm = P.toy_map(model.unet)
         for label, (name, guided, bypass) in PEER_ROWS.items():
+            if any(t in label for t in skip):
+                continue
             plan = make_plan(m, steps, sampler, {}) if guided else None
             unet.reset()
             t0 = time.time()
@@ -253,6 +304,15 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                                  batch=batch, patch=lambda name=name: P.make_peer(name, pm, m, steps),
                                  bypass_low=bypass)
             rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
+        label = demofusion_label(m)
+        if not any(t in label for t in skip):
+            unet.reset()
+            t0 = time.time()
+            z = runs.run_demofusion(model, unet, low, prompts, m, steps, seed, cfg=cfg, sampler=sampler, batch=batch)
+            row = _row(label, runs.decode(model, z), prompts, grid, unet, t_native + time.time() - t0, tag=tag)
+            row["calls"] += native["calls"]
+            row["pixel_evals"] += native["pixel_evals"]
+            rows.append(row)
     plain = rows[1]
     for r in rows:
         r.update(factor=m, sampler=sampler, steps=steps, cfg=cfg, n=n, seed=seed)
@@ -343,6 +403,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", action="store_true",
                    help="add the UNet-patching peers (Deep Shrink, HiDiffusion RAU-Net, ScaleCrafter, Deep Shrink + "
                         "guidance) at each factor")
+    p.add_argument("--cascade", action="store_true", help="add the chromatographic cascade rows")
+    p.add_argument("--skip", action="append", default=[], metavar="TEXT",
+                   help="leave out guided and peer rows whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
@@ -373,7 +436,8 @@ def bench_main(argv: list[str] | None = None) -> int:
             for m in factors:
                 for cfg in args.cfg:
                     rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
-                                       baselines=not args.no_baselines, peers=args.peers)
+                                       baselines=not args.no_baselines, peers=args.peers, skip=tuple(args.skip),
+                                       cascade=args.cascade)
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)

@@ -19,6 +19,9 @@ Methods (every one starts from the same per-sample noise, sample ``i`` from seed
 - :func:`run_hires`: A1111's hires fix second pass: bilinear latent upscale of first-pass latents ("Latent"
   upscaler), re-noised to the first sigma of ``img2img_sigmas(..., strength, fixed_steps=True)``, then
   ``steps`` sampler steps.
+- :func:`run_cascade`: the chromatographic cascade (native pass stopped early, handover, guided full-size pass).
+- :func:`run_demofusion`: DemoFusion's progressive phases (:mod:`lib_chroma.toy.demofusion`) on first-pass
+  latents, each window and dilated sub-lattice through the same CFG.
 
 :class:`PixelSpaceGuidedDenoiser` is an experiment, not the library's rule: the same low-resolution call on the
 pooled latent, but the correction is made on the decoded images and brought back through the encoder (see its
@@ -31,6 +34,7 @@ docstring); it needs the autoencoder inside the sampling loop, which the WebUI a
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -38,8 +42,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lib_chroma.cascade import DEFAULT_HANDOVER, CascadePlan, handover
 from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, pool_image, unpool_image
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
+from lib_chroma.toy import demofusion
 from lib_chroma.toy.peers import guided_low_model
 from lib_chroma.toy.runs import (
     A1111_HIRES_STRENGTH,
@@ -56,7 +62,7 @@ from .train import LatentModel
 __all__ = [
     "A1111_HIRES_STRENGTH", "DEFAULT_SAMPLER", "hires_chroma_strength", "a1111_label", "CountingUNet",
     "CFGDenoiser", "PixelSpaceGuidedDenoiser", "latent_sigmas", "make_plan",
-    "run_txt2img", "run_hires", "decode", "upscale_latents", "upscale_pixels",
+    "run_txt2img", "run_hires", "run_demofusion", "run_cascade", "decode", "upscale_latents", "upscale_pixels",
 ]
 
 
@@ -317,6 +323,110 @@ def run_hires(
         return fn(CFGDenoiser(den, cond, uncond, cfg), x, sig, disable=True)
 
     return _batched(model, prompts, seed, batch, progress, one)
+
+
+class _ScheduledCFG(torch.nn.Module):
+    """A :class:`CFGDenoiser` with its inner denoiser's ``sigma_to_t``, the form DemoFusion's phases call."""
+
+    def __init__(self, cfg_den: CFGDenoiser, den: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg_den, self.den = cfg_den, den
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.den.sigma_to_t(sigma)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.cfg_den(x, sigma)
+
+
+@torch.no_grad()
+def run_demofusion(
+    model: LatentModel,
+    unet: CountingUNet,
+    low: torch.Tensor,
+    prompts: Sequence[dict[str, str] | str],
+    factor: int,
+    steps: int,
+    seed: int,
+    cfg: float = 5.0,
+    sampler: str = DEFAULT_SAMPLER,
+    batch: int = 16,
+    blur_sigma: float = 1.0,
+) -> torch.Tensor:
+    """DemoFusion (:mod:`lib_chroma.toy.demofusion`) on first-pass latents ``low`` (native size ``n``): for each
+    scale ``s = 2 … factor`` the previous result is resized (bicubic) to ``s n`` and
+    :func:`lib_chroma.toy.demofusion.run_scale` samples it with native-size windows (stride ``n / 2``) and the
+    ``s²`` dilated sub-lattices, every view through A1111's CFG with the sample's prompt; the phase noise is the
+    seeds' initial noise at that size. Cost per step of scale s: ``windows(s) + s²`` native-size CFG calls."""
+    den = make_denoiser(unet)  # type: ignore[arg-type]
+    sigmas = latent_sigmas(sampler, steps).to(torch.float32)
+    native = int(low.shape[-1])
+    if int(low.shape[-2]) != native:
+        raise ValueError(f"low: DemoFusion runs square latents here, got {tuple(low.shape[-2:])}")
+
+    def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        scheduled = _ScheduledCFG(CFGDenoiser(den, cond, uncond, cfg), den)
+        z = low[start:start + size]
+        for s in range(2, factor + 1):
+            side = native * s
+            z0 = F.interpolate(z, size=(side, side), mode="bicubic", align_corners=False)
+            rng = random.Random((seed + start) * 100 + s)  # the toy's per-run jitter seed
+            noise = initial_noise(size, side, side, seed + start, channels=4)
+            z = demofusion.run_scale(scheduled, z0, noise, sigmas, sampler, s, native, rng, blur_sigma)
+        return z
+
+    return _batched(model, prompts, seed, batch, None, one)
+
+
+@torch.no_grad()
+def run_cascade(
+    model: LatentModel,
+    unet: CountingUNet,
+    prompts: Sequence[dict[str, str] | str],
+    plan: CascadePlan,
+    seed: int,
+    cfg: float = 5.0,
+    sampler: str = DEFAULT_SAMPLER,
+    batch: int = 16,
+    handover_mode: str = DEFAULT_HANDOVER,
+    native: int = 16,
+) -> torch.Tensor:
+    """The chromatographic cascade (:mod:`lib_chroma.cascade`) through A1111's CFG, as
+    :func:`lib_chroma.toy.cascade_runs.run_cascade` on the toy: the native stage starts from the native samples'
+    own noise (``initial_noise(seed + i) · sigma_0``), stops at ``stage.stop`` (its last call's x0 prediction is
+    handed over, bilinear, with the stage's noisy latent for ``renoise``), and each later stage starts from
+    :func:`lib_chroma.cascade.handover` with the seeds' noise at its size and runs guided by its plan. Returns the
+    last stage's latents."""
+    den = make_denoiser(unet)  # type: ignore[arg-type]
+    fn = _ks(sampler)
+
+    def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        x0 = x_k = prev = out = None
+        for st in plan.stages:
+            h, w = native * st.factor[0], native * st.factor[1]
+            noise = initial_noise(size, h, w, seed + start, channels=4)
+            if prev is None:
+                x = noise * st.sigmas[0]
+            else:
+                ratio = (st.factor[0] // prev.factor[0], st.factor[1] // prev.factor[1])
+                x = handover(x0, noise, st.start, ratio, mode=handover_mode, x_k=x_k, sigma_k=prev.stop)
+            guided = st.plan if st.plan is not None and st.plan.enabled else None
+            last: dict[str, torch.Tensor] = {}
+
+            def cb(d: dict, last: dict = last, final: int = st.steps - 1) -> None:
+                if d["i"] == final:
+                    last["x"], last["denoised"] = d["x"].clone(), d["denoised"].clone()
+
+            torch.manual_seed(seed + start)
+            out = fn(CFGDenoiser(den, cond, uncond, cfg, guided), x, torch.tensor(st.sigmas, dtype=torch.float32),
+                     disable=True, callback=cb)
+            if st.stop is not None:
+                x0, x_k = last["denoised"], last["x"]
+            prev = st
+        assert out is not None
+        return out
+
+    return _batched(model, prompts, seed, batch, None, one)
 
 
 @torch.no_grad()
