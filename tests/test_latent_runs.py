@@ -132,6 +132,16 @@ class _IdentityAE(torch.nn.Module):
         return z
 
 
+class _ScaledAE(torch.nn.Module):
+    """Linear and inside the decoder's clamp: ``E(U_p(G(z))) = U_p(z)``."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 100.0
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z / 100.0
+
+
 @pytest.mark.parametrize("grid,size", [("fixed", 12), ("moving", 12), ("moving", 13)])
 def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule(grid: str, size: int) -> None:
     from lib_chroma.guidance import UpsampleGuidedDenoiser
@@ -188,3 +198,12 @@ def test_cascade_stops_the_native_pass_and_guides_the_full_size_pass(tiny: Laten
     assert unet.calls == {(16, 16): native.steps + guided, (32, 32): full.steps}
     other = runs.run_cascade(tiny, unet, PROMPTS[2:] + PROMPTS[:1], plan, seed=5000, sampler="euler", batch=2)
     assert not torch.allclose(z, other)  # the prompts reach both passes
+    # an image upscaler changes only how the x0 prediction is enlarged: through a linear autoencoder it is bilinear
+    ident = LatentModel(_ScaledAE(), tiny.text, tiny.unet, tiny.meta).eval()
+    lat = runs.run_cascade(ident, unet, PROMPTS[:2], plan, seed=5000, sampler="euler", batch=2)
+    pix = runs.run_cascade(ident, unet, PROMPTS[:2], plan, seed=5000, sampler="euler", batch=2, upscaler="pixel")
+    assert torch.allclose(lat, pix, atol=1e-3)  # latents of magnitude ~25: float rounding of x100 and /100
+    assert not torch.allclose(z, runs.run_cascade(tiny, unet, PROMPTS[:2], plan, seed=5000, sampler="euler", batch=2,
+                                                  upscaler="pixel"), atol=1e-3)
+    with pytest.raises(ValueError, match="upscaler"):
+        runs.run_cascade(tiny, unet, PROMPTS[:2], plan, seed=5000, upscaler="pixel", handover_mode="noisy")

@@ -37,7 +37,8 @@ whose label contains TEXT.
 
 ``--cascade``: the chromatographic cascade (:func:`cascade_plans`, :func:`lib_chroma.toy.latent.runs.run_cascade`):
 the WebUI's stop rule (unit power) and the same with the latents' measured power, the full-size pass guided with
-the WebUI's window.
+the WebUI's window; each with A1111's "Latent" upscaler (bilinear latents) and with an image upscaler (decode,
+bilinear pixels, encode) for the first pass's x0 prediction.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
@@ -202,6 +203,10 @@ def demofusion_label(m: int) -> str:
     return f"DemoFusion (native pass + scales 2-{m}, cosine 3/1/1, sigma 1)"
 
 
+#: ``--cascade`` upscalers: label part -> :func:`lib_chroma.toy.latent.runs.run_cascade` ``upscaler``.
+CASCADE_UPSCALERS = {"Latent upscaler": "bilinear", "image upscaler": "pixel"}
+
+
 def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str) -> dict[str, CascadePlan]:
     """``--cascade`` rows: the WebUI's rule (unit power, loss ``DEFAULT_LOSS``, its guidance held to
     ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; labels name
@@ -285,13 +290,16 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
-    for label, cplan in (cascade_plans(model, m, steps, sampler) if cascade else {}).items():
-        if any(t in label for t in skip):
-            continue
-        unet.reset()
-        t0 = time.time()
-        z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch)
-        rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
+    for base, cplan in (cascade_plans(model, m, steps, sampler) if cascade else {}).items():
+        for what, upscaler in CASCADE_UPSCALERS.items():
+            label = f"{base}, {what}"
+            if any(t in label for t in skip):
+                continue
+            unet.reset()
+            t0 = time.time()
+            z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
+                                 upscaler=upscaler)
+            rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
     if peers:
         pm = P.toy_map(model.unet)
         for label, (name, guided, bypass) in PEER_ROWS.items():

@@ -390,13 +390,20 @@ def run_cascade(
     batch: int = 16,
     handover_mode: str = DEFAULT_HANDOVER,
     native: int = 16,
+    upscaler: str = "bilinear",
 ) -> torch.Tensor:
     """The chromatographic cascade (:mod:`lib_chroma.cascade`) through A1111's CFG, as
     :func:`lib_chroma.toy.cascade_runs.run_cascade` on the toy: the native stage starts from the native samples'
     own noise (``initial_noise(seed + i) · sigma_0``), stops at ``stage.stop`` (its last call's x0 prediction is
-    handed over, bilinear, with the stage's noisy latent for ``renoise``), and each later stage starts from
-    :func:`lib_chroma.cascade.handover` with the seeds' noise at its size and runs guided by its plan. Returns the
-    last stage's latents."""
+    handed over, upscaled by ``upscaler``, with the stage's noisy latent for ``renoise``), and each later stage
+    starts from :func:`lib_chroma.cascade.handover` with the seeds' noise at its size and runs guided by its plan.
+    ``upscaler``:
+    a latent upscaler of :data:`lib_chroma.cascade.UPSCALERS` (A1111's "Latent" is ``bilinear``) or ``pixel``: the
+    x0 prediction goes through the images (:func:`upscale_pixels`, as A1111's image upscalers in the hires fix the
+    WebUI's cascade runs through), the handover's noise unchanged (``fresh`` or ``renoise`` only). Returns the last
+    stage's latents."""
+    if upscaler == "pixel" and handover_mode == "noisy":
+        raise ValueError("upscaler: pixel needs the fresh or renoise handover (noisy upscales the noisy latent)")
     den = make_denoiser(unet)  # type: ignore[arg-type]
     fn = _ks(sampler)
 
@@ -409,7 +416,10 @@ def run_cascade(
                 x = noise * st.sigmas[0]
             else:
                 ratio = (st.factor[0] // prev.factor[0], st.factor[1] // prev.factor[1])
-                x = handover(x0, noise, st.start, ratio, mode=handover_mode, x_k=x_k, sigma_k=prev.stop)
+                x = handover(x0, noise, st.start, ratio, mode=handover_mode, x_k=x_k, sigma_k=prev.stop,
+                             upscaler="bilinear" if upscaler == "pixel" else upscaler)
+                if upscaler == "pixel":  # A1111's image upscalers: Up(x0) through the images, the noise as it was
+                    x = x + upscale_pixels(model, x0, h, w) - upscale_latents(x0, h, w)
             guided = st.plan if st.plan is not None and st.plan.enabled else None
             last: dict[str, torch.Tensor] = {}
 
