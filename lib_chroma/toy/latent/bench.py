@@ -56,6 +56,7 @@ import json
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,9 @@ def _save_samples(label: str, imgs: torch.Tensor) -> None:
 
     d = Path(SAMPLES["dir"])
     d.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")[:80]
+    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    if len(name) > 80:  # long labels may differ only at the end: keep them apart
+        name = f"{name[:71]}_{zlib.crc32(name.encode()):08x}"
     imsave(d / f"{name}.png", tile(imgs[:SAMPLES["count"]]))
 
 
