@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from lib_chroma.cascade import CascadePlan, handover, plan_cascade
-from lib_chroma.guidance import UpsampleGuidedDenoiser
+from lib_chroma.cascade import CascadePlan, handover, plan_cascade, renoise
+from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser
 
 from . import runs
 from .sampling import initial_noise, make_denoiser
@@ -33,6 +33,56 @@ def toy_cascade(factor: tuple[int, int], steps: int, sampler: str = runs.DEFAULT
     if plan is None:
         raise ValueError(f"steps: no cascade fits {steps} steps of {sampler} at factor {factor}")
     return plan
+
+
+def sample_stages(
+    plan: CascadePlan,
+    fn: Callable[..., torch.Tensor],
+    denoiser: Callable[[GuidancePlan | None], Callable[..., torch.Tensor]],
+    noise_at: Callable[[int, int], torch.Tensor],
+    seed: int,
+    native: int,
+    *,
+    handover_mode: str = "fresh",
+    upscaler: str = "bilinear",
+    enlarge: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Every stage of ``plan`` for one batch (module docstring): ``fn`` the k-diffusion sampler, ``denoiser(plan)``
+    the model of a stage (its guidance plan, None when unguided), ``noise_at(h, w)`` the batch's unit noise at a
+    size, ``seed`` the batch's seed. ``enlarge(x0, h, w)``: the host enlarges the x0 prediction itself (A1111's
+    image upscalers) and adds ``sigma_s`` times the handover's noise, as the WebUI adapter does
+    (:func:`lib_chroma.cascade.renoise`; ``fresh`` or ``renoise``). Returns the last stage's output."""
+    x0 = x_k = prev = out = None
+    for st in plan.stages:
+        h, w = native * st.factor[0], native * st.factor[1]
+        noise = noise_at(h, w)
+        if prev is None:
+            x = noise * st.sigmas[0]
+        else:
+            ratio = (st.factor[0] // prev.factor[0], st.factor[1] // prev.factor[1])
+            if enlarge is None:
+                x = handover(x0, noise, st.start, ratio, mode=handover_mode, x_k=x_k, sigma_k=prev.stop,
+                             upscaler=upscaler)
+            else:
+                if handover_mode not in ("fresh", "renoise"):
+                    raise ValueError(f"handover: an enlarging host needs fresh or renoise, got {handover_mode!r}")
+                if handover_mode == "renoise":
+                    noise = renoise(x0, x_k, noise, st.start, prev.stop, ratio)
+                x = enlarge(x0, h, w) + st.start * noise
+        last: dict[str, torch.Tensor] = {}
+
+        def cb(d: dict, last: dict = last, final: int = st.steps - 1) -> None:
+            if d["i"] == final:
+                last["x"], last["denoised"] = d["x"].clone(), d["denoised"].clone()
+
+        model_fn = denoiser(st.plan if st.plan is not None and st.plan.enabled else None)
+        torch.manual_seed(seed)
+        out = fn(model_fn, x, torch.tensor(st.sigmas, dtype=torch.float32), disable=True, callback=cb)
+        if st.stop is not None:
+            x0, x_k = last["denoised"], last["x"]
+        prev = st
+    assert out is not None
+    return out
 
 
 @torch.no_grad()
@@ -52,33 +102,11 @@ def run_cascade(
     den = make_denoiser(model)  # type: ignore[arg-type]
     fn = runs._ks(sampler)
 
+    def denoiser(gplan: GuidancePlan | None) -> Callable[..., torch.Tensor]:
+        return den if gplan is None else UpsampleGuidedDenoiser(den, gplan)  # fresh: phase 0 per batch and stage
+
     def one(start: int, m: int) -> torch.Tensor:
-        x0 = x_k = None
-        prev = None
-        for st in plan.stages:
-            h, w = NATIVE * st.factor[0], NATIVE * st.factor[1]
-            if prev is None:
-                x = initial_noise(m, h, w, seed + start) * st.sigmas[0]
-            else:
-                ratio = (st.factor[0] // prev.factor[0], st.factor[1] // prev.factor[1])
-                x = handover(x0, initial_noise(m, h, w, seed + start), st.start, ratio, mode=handover_mode,
-                             x_k=x_k, sigma_k=prev.stop, upscaler=upscaler)
-            sig = torch.tensor(st.sigmas, dtype=torch.float32)
-            model_fn = den
-            if st.plan is not None and st.plan.enabled:
-                model_fn = UpsampleGuidedDenoiser(den, st.plan)
-                model_fn.reset()
-            last: dict[str, torch.Tensor] = {}
-
-            def cb(d: dict, last: dict = last, n_steps: int = len(st.sigmas) - 1) -> None:
-                if d["i"] == n_steps - 1:
-                    last["x"], last["denoised"] = d["x"].clone(), d["denoised"].clone()
-
-            torch.manual_seed(seed + start)
-            out = fn(model_fn, x, sig, disable=True, callback=cb)
-            if st.stop is not None:
-                x0, x_k = last["denoised"], last["x"]
-            prev = st
-        return out
+        return sample_stages(plan, fn, denoiser, lambda h, w: initial_noise(m, h, w, seed + start), seed + start,
+                             NATIVE, handover_mode=handover_mode, upscaler=upscaler)
 
     return runs._batched(n, batch, one, progress)

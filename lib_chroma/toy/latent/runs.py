@@ -42,10 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lib_chroma.cascade import DEFAULT_HANDOVER, CascadePlan, handover
+from lib_chroma.cascade import DEFAULT_HANDOVER, CascadePlan
 from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, pool_image, unpool_image
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 from lib_chroma.toy import demofusion
+from lib_chroma.toy.cascade_runs import sample_stages
 from lib_chroma.toy.peers import guided_low_model
 from lib_chroma.toy.runs import (
     A1111_HIRES_STRENGTH,
@@ -400,41 +401,19 @@ def run_cascade(
     ``upscaler``:
     a latent upscaler of :data:`lib_chroma.cascade.UPSCALERS` (A1111's "Latent" is ``bilinear``) or ``pixel``: the
     x0 prediction goes through the images (:func:`upscale_pixels`, as A1111's image upscalers in the hires fix the
-    WebUI's cascade runs through), the handover's noise unchanged (``fresh`` or ``renoise`` only). Returns the last
-    stage's latents."""
+    WebUI's cascade runs through) and the handover's noise is added as the WebUI adapter adds it
+    (:func:`lib_chroma.toy.cascade_runs.sample_stages`; ``fresh`` or ``renoise`` only). Returns the last stage's
+    latents."""
     if upscaler == "pixel" and handover_mode == "noisy":
         raise ValueError("upscaler: pixel needs the fresh or renoise handover (noisy upscales the noisy latent)")
     den = make_denoiser(unet)  # type: ignore[arg-type]
     fn = _ks(sampler)
+    enlarge = (lambda x0, h, w: upscale_pixels(model, x0, h, w)) if upscaler == "pixel" else None
 
     def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        x0 = x_k = prev = out = None
-        for st in plan.stages:
-            h, w = native * st.factor[0], native * st.factor[1]
-            noise = initial_noise(size, h, w, seed + start, channels=4)
-            if prev is None:
-                x = noise * st.sigmas[0]
-            else:
-                ratio = (st.factor[0] // prev.factor[0], st.factor[1] // prev.factor[1])
-                x = handover(x0, noise, st.start, ratio, mode=handover_mode, x_k=x_k, sigma_k=prev.stop,
-                             upscaler="bilinear" if upscaler == "pixel" else upscaler)
-                if upscaler == "pixel":  # A1111's image upscalers: Up(x0) through the images, the noise as it was
-                    x = x + upscale_pixels(model, x0, h, w) - upscale_latents(x0, h, w)
-            guided = st.plan if st.plan is not None and st.plan.enabled else None
-            last: dict[str, torch.Tensor] = {}
-
-            def cb(d: dict, last: dict = last, final: int = st.steps - 1) -> None:
-                if d["i"] == final:
-                    last["x"], last["denoised"] = d["x"].clone(), d["denoised"].clone()
-
-            torch.manual_seed(seed + start)
-            out = fn(CFGDenoiser(den, cond, uncond, cfg, guided), x, torch.tensor(st.sigmas, dtype=torch.float32),
-                     disable=True, callback=cb)
-            if st.stop is not None:
-                x0, x_k = last["denoised"], last["x"]
-            prev = st
-        assert out is not None
-        return out
+        return sample_stages(plan, fn, lambda gplan: CFGDenoiser(den, cond, uncond, cfg, gplan),
+                             lambda h, w: initial_noise(size, h, w, seed + start, channels=4), seed + start, native,
+                             handover_mode=handover_mode, upscaler=upscaler, enlarge=enlarge)
 
     return _batched(model, prompts, seed, batch, None, one)
 
