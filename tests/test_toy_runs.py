@@ -219,3 +219,20 @@ def test_cascade_native_stage_is_the_native_runs_prefix(model: runs.CountingMode
     rec: list[torch.Tensor] = []
     runs.run_kdiff(model, 2, 32, 32, 8, seed=5, record=rec)
     assert torch.allclose(seen["x0"], rec[k], atol=1e-5)
+
+
+def test_cascade_row_keys_reach_the_plan() -> None:
+    """``--cascade-row`` keys: ``q_end`` and ``scale`` set the guided stages' window end and weight, ``loss`` the
+    stop; an unknown key is refused with the allowed ones."""
+    from lib_chroma.toy import bench
+
+    label, kw = bench._parse_cascade("loss=0.6,q_end=1,scale=2")
+    assert label == "cascade loss=0.6,q_end=1,scale=2" and kw == {"loss": 0.6, "q_end": 1.0, "scale": 2.0}
+    plan, _ = bench.cascade_method(None, (4, 4), 20, 0, **kw)  # type: ignore[arg-type]
+    base, _ = bench.cascade_method(None, (4, 4), 20, 0)  # type: ignore[arg-type]
+    assert plan is not None and base is not None
+    full = plan.stages[-1].plan
+    assert full is not None and full.q_end == 1.0 and full.scale == 2.0
+    assert base.stages[-1].plan.q_end != 1.0 and plan.stages[0].stop < base.stages[0].stop
+    with pytest.raises(ValueError, match="allowed: .*q_end, scale"):
+        bench._parse_cascade("q_start=1")

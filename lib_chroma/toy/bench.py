@@ -85,19 +85,26 @@ def cascade_method(
     model: runs.CountingModel, factor: tuple[int, int], steps: int, seed: int, sampler: str = runs.DEFAULT_SAMPLER,
     *, loss: float = DEFAULT_LOSS, power: float | None = None, handover: str = DEFAULT_HANDOVER,
     upscaler: str = "bilinear", chain: bool = False, strength: float | None = None, grid: str = G.DEFAULT_GRID,
+    q_end: float | None = None, scale: float | None = None,
 ) -> tuple[CascadePlan | None, Method]:
     """A cascade row: its plan on the toy's sigmas (guidance: the library's defaults but for the pooling ``grid``,
     the bench's ``--grid`` unless the row says otherwise) and the method running it.
 
     ``power``: the stop rule's data power (None: the toy's, :func:`lib_chroma.toy.runs.data_power`).
     ``strength``: start the full-size pass where A1111's hires fix at this denoising strength starts
-    (``img2img_sigmas(...)[0]``) instead of by the stop rule."""
+    (``img2img_sigmas(...)[0]``) instead of by the stop rule. ``q_end``, ``scale``: the guided stages' window end
+    and weight (None: the library's)."""
     p = runs.data_power() if power is None else power
     sig = runs.toy_sigmas(sampler, steps)
     start = None
     if strength is not None:
         start = float(img2img_sigmas(runs.a1111_label(sampler), "Automatic", steps, strength, runs.toy_schedule())[0])
-    plan = plan_cascade(sig, factor, loss=loss, power=p, chain=chain, sigma_start=start, guidance={"grid": grid})
+    gkw: dict[str, Any] = {"grid": grid}
+    if q_end is not None:
+        gkw["q_end"] = q_end
+    if scale is not None:
+        gkw["scale"] = scale
+    plan = plan_cascade(sig, factor, loss=loss, power=p, chain=chain, sigma_start=start, guidance=gkw)
 
     def method(s: int, k: int) -> torch.Tensor:
         assert plan is not None
@@ -572,7 +579,7 @@ def _parse_cascade(text: str) -> tuple[str, dict[str, Any]]:
     for part in text.split(","):
         k, _, v = part.partition("=")
         k, v = k.strip(), v.strip()
-        if k in ("loss", "power", "strength"):
+        if k in ("loss", "power", "strength", "q_end", "scale"):
             kw[k] = float(v)
         elif k in ("handover", "upscaler", "grid"):
             kw[k] = v
@@ -580,7 +587,7 @@ def _parse_cascade(text: str) -> tuple[str, dict[str, Any]]:
             kw[k] = v.lower() in ("1", "true")
         else:
             raise ValueError(f"cascade-row: unknown key {k!r} in {text!r}; allowed: loss, power, handover, "
-                             "upscaler, chain, strength, grid")
+                             "upscaler, chain, strength, grid, q_end, scale")
     return f"cascade {text}", kw
 
 
@@ -621,7 +628,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="add cascade rows comparing handovers, upscalers and fixed hires strengths")
     p.add_argument("--cascade-row", action="append", default=[], metavar="K=V,...",
                    help="extra cascade row: loss=0.2,power=1,handover=fresh,upscaler=bicubic,chain=1,strength=0.5,"
-                        "grid=fixed")
+                        "grid=fixed,q_end=1,scale=1.5")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
                    help="leave out the rows whose label contains TEXT (repeatable; plain always runs)")
     p.add_argument("--threads", type=int, default=0)

@@ -36,9 +36,9 @@ sub-lattices through the same CFG; DPM++ 2M and Euler only). ``--skip TEXT`` lea
 whose label contains TEXT.
 
 ``--cascade``: the chromatographic cascade (:func:`cascade_plans`, :func:`lib_chroma.toy.latent.runs.run_cascade`):
-the WebUI's stop rule (unit power) and the same with the latents' measured power, the full-size pass guided with
-the WebUI's window; each with A1111's "Latent" upscaler (bilinear latents) and with an image upscaler (decode,
-bilinear pixels, encode) for the first pass's x0 prediction.
+the WebUI's stop rule (unit power) and the same with the latents' measured power (``--cascade-loss Q``: and with
+other loss bounds), the full-size pass guided with the WebUI's window; each with A1111's "Latent" upscaler
+(bilinear latents) and with an image upscaler (decode, bilinear pixels, encode) for the first pass's x0 prediction.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
@@ -62,7 +62,7 @@ from typing import Any
 
 import torch
 
-from lib_chroma.cascade import CascadePlan, plan_cascade
+from lib_chroma.cascade import DEFAULT_LOSS, CascadePlan, plan_cascade
 from lib_chroma.guidance import GuidancePlan, factor_levels
 from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.toy import peers as P
@@ -210,18 +210,21 @@ def demofusion_label(m: int) -> str:
 CASCADE_UPSCALERS = {"Latent upscaler": "bilinear", "image upscaler": "pixel"}
 
 
-def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str) -> dict[str, CascadePlan]:
+def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
+                  losses: tuple[float, ...] = ()) -> dict[str, CascadePlan]:
     """``--cascade`` rows: the WebUI's rule (unit power, loss ``DEFAULT_LOSS``, its guidance held to
-    ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; labels name
-    the stages' user steps (1-based) and the guided steps of the full-size pass."""
+    ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; ``losses``:
+    the WebUI's rule with these loss bounds q as well (``--cascade-loss``). Labels name the stages' user steps
+    (1-based) and the guided steps of the full-size pass."""
     sig = runs.latent_sigmas(sampler, steps)
     out: dict[str, CascadePlan] = {}
-    powers = [("the WebUI's rule, unit power", 1.0)]
+    rules = [("the WebUI's rule, unit power", 1.0, DEFAULT_LOSS)]
     if "level_power" in model.meta:
         power = float(model.meta["level_power"]["1"])
-        powers.append((f"latent power {power:.2f}", power))
-    for what, power in powers:
-        plan = plan_cascade(sig, (m, m), power=power, guidance={"q_end": LATENT_Q_END})
+        rules.append((f"latent power {power:.2f}", power, DEFAULT_LOSS))
+    rules += [(f"unit power, q {q:g}", 1.0, q) for q in losses if q != DEFAULT_LOSS]
+    for what, power, loss in rules:
+        plan = plan_cascade(sig, (m, m), power=power, loss=loss, guidance={"q_end": LATENT_Q_END})
         if plan is None:
             continue
         parts = []
@@ -238,12 +241,14 @@ def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str) -> dict[
 
 def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sampler: str, steps: int,
                plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16,
-               peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False) -> list[dict[str, Any]]:
+               peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False,
+               cascade_losses: tuple[float, ...] = ()) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
     seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
     :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`) and DemoFusion
     (its native pass is the native row's, whose cost it includes). ``skip``: guided and peer rows whose label
-    contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows."""
+    contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows (``cascade_losses``: its extra
+    loss bounds)."""
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
@@ -293,7 +298,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
-    for base, cplan in (cascade_plans(model, m, steps, sampler) if cascade else {}).items():
+    for base, cplan in (cascade_plans(model, m, steps, sampler, cascade_losses) if cascade else {}).items():
         for what, upscaler in CASCADE_UPSCALERS.items():
             label = f"{base}, {what}"
             if any(t in label for t in skip):
@@ -415,6 +420,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="add the UNet-patching peers (Deep Shrink, HiDiffusion RAU-Net, ScaleCrafter, Deep Shrink + "
                         "guidance) at each factor")
     p.add_argument("--cascade", action="store_true", help="add the chromatographic cascade rows")
+    p.add_argument("--cascade-loss", type=float, action="append", default=[], metavar="Q",
+                   help="with --cascade: also the WebUI's rule with loss bound Q (repeatable)")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
                    help="leave out guided and peer rows whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
@@ -448,7 +455,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                 for cfg in args.cfg:
                     rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
                                        baselines=not args.no_baselines, peers=args.peers, skip=tuple(args.skip),
-                                       cascade=args.cascade)
+                                       cascade=args.cascade, cascade_losses=tuple(args.cascade_loss))
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)
