@@ -149,6 +149,29 @@ def test_blockiness_on_the_latent_grid() -> None:
     assert clean < 1.15 and streaky > 1.3
 
 
+def test_worst_phase_blockiness_finds_a_pattern_off_the_grid() -> None:
+    # The same 8 x 8 block pattern placed 3 px off the grid: phase 0 misses it, the worst phase does not.
+    x, _ = data.make_batch(8, seed=6, h=128)
+    steps = F.interpolate(0.08 * torch.randn(8, 3, 17, 17, generator=torch.Generator().manual_seed(0)),
+                          scale_factor=8, mode="nearest")
+    aligned = torch.from_numpy(x) + steps[..., :128, :128]
+    shifted = torch.from_numpy(x) + steps[..., 3:131, 3:131]
+    s_clean, s_aligned, s_shifted = (scorer.summarize(scorer.score_images(v, (8,)))
+                                     for v in (x, aligned, shifted))
+    assert s_shifted["blockiness_8"] < 1.15 < 1.3 < s_shifted["blockiness_worst_8"]
+    assert s_aligned["blockiness_worst_8"] >= s_aligned["blockiness_8"] > 1.3
+    assert s_clean["blockiness_worst_8"] >= s_clean["blockiness_8"]
+    # On white noise (no periodic texture, which the data's stripes can have) phase 0 is the worst for the aligned
+    # pattern, and the shifted one reads the same at its own phase.
+    from lib_chroma.toy.scorer import blockiness, blockiness_worst
+
+    noise = 0.05 * torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(1))
+    on, off = (noise + steps[0, :, :128, :128]).numpy(), (noise + steps[0, :, 3:131, 3:131]).numpy()
+    assert blockiness_worst(on, 8) == pytest.approx(blockiness(on, 8)) and blockiness(on, 8) > 2
+    assert blockiness(off, 8) < 1.0
+    assert blockiness_worst(off, 8) == pytest.approx(blockiness(off[:, 5:, 5:], 8), rel=0.05)  # its phase, cropped
+
+
 def test_colour_shift_measures_a_tint() -> None:
     x, scenes = data.make_batch(8, seed=7)
     ref = scorer.summarize(scorer.score_images(x))

@@ -105,6 +105,26 @@ def default_grids(h: int, w: int, base: int = data.BASE) -> list[int | tuple[int
     return []
 
 
+def _directions(img: np.ndarray, grid: int | tuple[int, int]) -> list[tuple[int, np.ndarray]]:
+    """``(g, d)`` per direction with a grid of at least 2: the horizontal differences with ``gx``, the vertical
+    ones (moved to the last axis) with ``gy``."""
+    gy, gx = (grid, grid) if isinstance(grid, int) else grid
+    pairs = ((gx, np.diff(img, axis=-1)), (gy, np.swapaxes(np.diff(img, axis=-2), -1, -2)))
+    return [(g, d) for g, d in pairs if g >= 2]
+
+
+def _boundary_ratio(d: np.ndarray, g: int, phase: int) -> float:
+    """``mean(d^2 across the boundaries) / mean(d^2 elsewhere)`` for boundaries after every ``g``-th difference,
+    shifted by ``phase``, capped at ``BLOCK_CAP``."""
+    pos = (np.arange(d.shape[-1]) + 1 + phase) % g == 0
+    a, b = float(np.mean(d[..., pos] ** 2)), float(np.mean(d[..., ~pos] ** 2))
+    return min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12))
+
+
+def _geomean(ratios: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
+
+
 def blockiness(img: np.ndarray, grid: int | tuple[int, int]) -> float:
     """Geometric mean over directions of ``mean(d^2 across block boundaries) / mean(d^2 inside blocks)``.
 
@@ -112,15 +132,15 @@ def blockiness(img: np.ndarray, grid: int | tuple[int, int]) -> float:
     boundary when ``(j+1) % gx == 0``) and the vertical ones likewise with ``gy``. A direction with grid 1 is
     skipped; each ratio is capped at ``BLOCK_CAP``.
     """
-    gy, gx = (grid, grid) if isinstance(grid, int) else grid
-    ratios = []
-    for g, d in ((gx, np.diff(img, axis=-1)), (gy, np.swapaxes(np.diff(img, axis=-2), -1, -2))):
-        if g < 2:
-            continue
-        pos = (np.arange(d.shape[-1]) + 1) % g == 0
-        a, b = float(np.mean(d[..., pos] ** 2)), float(np.mean(d[..., ~pos] ** 2))
-        ratios.append(min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12)))
-    return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
+    return _geomean([_boundary_ratio(d, g, 0) for g, d in _directions(img, grid)])
+
+
+def blockiness_worst(img: np.ndarray, grid: int | tuple[int, int]) -> float:
+    """:func:`blockiness` at the grid's worst phase, per direction: the geometric mean over directions of
+    ``max_p mean(d^2 across the boundaries of the grid shifted by p) / mean(d^2 elsewhere)``, ``p = 0 … g-1``
+    (``p = 0`` is :func:`blockiness`'s own reading). A pattern of the grid's period scores the same wherever it lies,
+    which phase 0 alone does not (a latent decoder's cell pattern moves with the content). Capped at ``BLOCK_CAP``."""
+    return _geomean([max(_boundary_ratio(d, g, p) for p in range(g)) for g, d in _directions(img, grid)])
 
 
 Component = tuple[float, np.ndarray, np.ndarray]  # (area in units^2, filled mask, own pixels)

@@ -162,6 +162,7 @@ def _row(label: str, imgs: torch.Tensor, prompts: list[dict[str, str]], grid: in
                            "summary": s}
     if grid:
         row["blockiness"] = s[f"blockiness_{grid}"]
+        row["blockiness_worst"] = s[f"blockiness_worst_{grid}"]
     print(f"[{tag}] {_fmt(row)} seconds {row['seconds']}", flush=True)  # as it comes; the table follows
     if unet is not None:
         row["calls"] = sum(unet.calls.values())
@@ -351,11 +352,13 @@ def _fmt(row: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table of the rows."""
-    cols = ["method", *SUMMARY_KEYS, "blockiness", "colour_shift", "calls_x", "pixel_evals_x", "wall_x"]
+    cols = ["method", *SUMMARY_KEYS, "blockiness", "blockiness_worst", "colour_shift", "calls_x", "pixel_evals_x",
+            "wall_x"]
     out = ["| " + " | ".join(c.replace("attr_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
+    three = ("colour_shift", "blockiness", "blockiness_worst")  # columns read to 3 decimals
     for r in rows:
-        cells = [r["method"]] + [("" if c not in r else f"{r[c]:.2f}" if c not in ("colour_shift", "blockiness")
-                                  else f"{r[c]:.3f}") for c in cols[1:]]
+        cells = [r["method"]] + [("" if c not in r else f"{r[c]:.2f}" if c not in three else f"{r[c]:.3f}")
+                                 for c in cols[1:]]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -31,7 +31,9 @@ Per image (:class:`ImageScore`):
   ``SKEW_SPLIT``; else ``noise``.
 - ``detail``: background high-frequency energy ``mean((x - box3(x))²)`` over that of the data rendered at
   this ``H x W`` (1 = as detailed as the data).
-- ``blockiness[g]``: :func:`lib_chroma.toy.scorer.blockiness` on a ``g x g`` pixel grid.
+- ``blockiness[g]``: :func:`lib_chroma.toy.scorer.blockiness` on a ``g x g`` pixel grid; ``blockiness_worst[g]``:
+  the same at the grid's worst phase (:func:`lib_chroma.toy.scorer.blockiness_worst`), which a decoder's cell
+  pattern cannot move off the grid.
 - ``mean_rgb``: the image's mean colour; ``face_rgb``: the face colour read above (NaN without a face).
   :func:`colour_shift` compares batches by these.
 """
@@ -52,6 +54,7 @@ from lib_chroma.toy.scorer import (
     background,
     blockiness,
     blockiness_means,
+    blockiness_worst,
     eye_blobs,
     face_rates,
     finite_mean,
@@ -101,6 +104,7 @@ class ImageScore:
     blockiness: dict[str, float]
     mean_rgb: tuple[float, float, float]
     face_rgb: tuple[float, float, float]
+    blockiness_worst: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -230,6 +234,7 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
         attrs=read_attributes(raw),
         detail=raw.detail_raw / reference_detail(h, w),
         blockiness={grid_key(g): blockiness(x, g) for g in grids},
+        blockiness_worst={grid_key(g): blockiness_worst(x, g) for g in grids},
         mean_rgb=tuple(float(v) for v in x.mean(axis=(1, 2))),  # type: ignore[arg-type]
         face_rgb=raw.face_rgb,
     )
@@ -247,7 +252,7 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
     attributes each image was asked for; a missing key is not scored), ``attr_<name>`` is the fraction of the
     images asked for that attribute whose reading matches, and ``all_attrs`` the fraction matching every
     attribute asked for. ``detail`` and ``mean_r/g/b``, ``face_r/g/b`` are means (NaNs skipped);
-    ``blockiness_<g>`` the mean per grid.
+    ``blockiness_<g>`` and ``blockiness_worst_<g>`` the means per grid.
     """
     n = len(scores)
     out: dict[str, float] = {"n": float(n)}
@@ -265,6 +270,8 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
                                           for s, t in zip(scores, targets)]))
     out["detail"] = finite_mean([s.detail for s in scores])
     out.update(blockiness_means(scores))
+    for key in scores[0].blockiness_worst:
+        out[f"blockiness_worst_{key}"] = float(np.mean([s.blockiness_worst[key] for s in scores]))
     for i, c in enumerate("rgb"):
         out[f"mean_{c}"] = float(np.mean([s.mean_rgb[i] for s in scores]))
         out[f"face_{c}"] = finite_mean([s.face_rgb[i] for s in scores])
