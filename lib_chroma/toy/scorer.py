@@ -106,18 +106,18 @@ def default_grids(h: int, w: int, base: int = data.BASE) -> list[int | tuple[int
 
 
 def _directions(img: np.ndarray, grid: int | tuple[int, int]) -> list[tuple[int, np.ndarray]]:
-    """``(g, d)`` per direction with a grid of at least 2: the horizontal differences with ``gx``, the vertical
-    ones (moved to the last axis) with ``gy``."""
+    """``(g, d^2)`` per direction with a grid of at least 2: the squared horizontal differences with ``gx``, the
+    squared vertical ones (moved to the last axis) with ``gy``."""
     gy, gx = (grid, grid) if isinstance(grid, int) else grid
     pairs = ((gx, np.diff(img, axis=-1)), (gy, np.swapaxes(np.diff(img, axis=-2), -1, -2)))
-    return [(g, d) for g, d in pairs if g >= 2]
+    return [(g, d**2) for g, d in pairs if g >= 2]
 
 
-def _boundary_ratio(d: np.ndarray, g: int, phase: int) -> float:
+def _boundary_ratio(d2: np.ndarray, g: int, phase: int) -> float:
     """``mean(d^2 across the boundaries) / mean(d^2 elsewhere)`` for boundaries after every ``g``-th difference,
-    shifted by ``phase``, capped at ``BLOCK_CAP``."""
-    pos = (np.arange(d.shape[-1]) + 1 + phase) % g == 0
-    a, b = float(np.mean(d[..., pos] ** 2)), float(np.mean(d[..., ~pos] ** 2))
+    shifted by ``phase``, capped at ``BLOCK_CAP``; ``d2`` the squared differences."""
+    pos = (np.arange(d2.shape[-1]) + 1 + phase) % g == 0
+    a, b = float(np.mean(d2[..., pos])), float(np.mean(d2[..., ~pos]))
     return min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12))
 
 
@@ -395,9 +395,11 @@ def face_rates(scores: Sequence[Any]) -> dict[str, float]:
     }
 
 
-def blockiness_means(scores: Sequence[Any]) -> dict[str, float]:
-    """``blockiness_<g>``: the mean blockiness per grid of a non-empty batch of scores."""
-    return {f"blockiness_{key}": float(np.mean([s.blockiness[key] for s in scores])) for key in scores[0].blockiness}
+def blockiness_means(scores: Sequence[Any], field: str = "blockiness") -> dict[str, float]:
+    """``<field>_<g>``: the mean per grid of the scores' ``field`` (a dict by grid key, e.g. ``blockiness``) over a
+    non-empty batch."""
+    return {f"{field}_{key}": float(np.mean([getattr(s, field)[key] for s in scores]))
+            for key in getattr(scores[0], field)}
 
 
 def summarize(scores: Sequence[ImageScore]) -> dict[str, float]:

@@ -270,8 +270,7 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
                                           for s, t in zip(scores, targets)]))
     out["detail"] = finite_mean([s.detail for s in scores])
     out.update(blockiness_means(scores))
-    for key in scores[0].blockiness_worst:
-        out[f"blockiness_worst_{key}"] = float(np.mean([s.blockiness_worst[key] for s in scores]))
+    out.update(blockiness_means(scores, "blockiness_worst"))
     for i, c in enumerate("rgb"):
         out[f"mean_{c}"] = float(np.mean([s.mean_rgb[i] for s in scores]))
         out[f"face_{c}"] = finite_mean([s.face_rgb[i] for s in scores])
