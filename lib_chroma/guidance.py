@@ -41,8 +41,9 @@ sigma range or step fractions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ import torch.nn.functional as F
 from lib_chroma.chromatography import signal_ratio
 from lib_chroma.schedule import DiscreteSchedule
 from lib_chroma.validation import check_choice, check_int, check_number, check_sigmas
+
+if TYPE_CHECKING:  # resampler imports this module's grid placement
+    from lib_chroma.resampler import LatentResampler
 
 __all__ = [
     "Factor",
@@ -63,6 +67,7 @@ __all__ = [
     "guide_x0",
     "guide_eps",
     "UpsampleGuidedDenoiser",
+    "Resamplers",
     "WINDOW_MODES",
     "DEFAULT_SCALE",
     "DEFAULT_SHAPE",
@@ -77,6 +82,7 @@ __all__ = [
 
 Factor = tuple[int, int]
 LowDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Resamplers = Mapping[Factor, "LatentResampler"]
 
 WINDOW_MODES = ("auto", "sigma", "fraction")
 
@@ -437,6 +443,7 @@ def _guide(
     level: int,
     sigma_full: torch.Tensor,
     phase: int,
+    resamplers: Resamplers | None = None,
 ) -> torch.Tensor:
     if level >= len(plan.levels):
         return denoised
@@ -445,13 +452,21 @@ def _guide(
         return denoised
     mh, mw = plan.levels[level]
     off = plan.offset(level, phase)
+    rs = resamplers.get((mh, mw)) if resamplers else None
     x_low = pool(x, mh, mw, off)
+    if rs is not None:  # the signal re-pooled into the pooled image's code, the noise pooled exactly
+        den_down = rs.down(denoised, off)
+        x_low = x_low + den_down - pool(denoised, mh, mw, off)
     s_low = sigma / math.sqrt(mh * mw)
     d_low = denoise_low(x_low, s_low)
     if d_low.shape != x_low.shape:
         raise ValueError(f"denoise_low: returned shape {tuple(d_low.shape)}, expected {tuple(x_low.shape)}")
-    d_low = _guide(x_low, s_low, d_low, denoise_low, plan, level + 1, sigma_full, phase)
-    corr = unpool(d_low - pool(denoised, mh, mw, off), mh, mw, (x.shape[-2], x.shape[-1]), plan.operator, off)
+    d_low = _guide(x_low, s_low, d_low, denoise_low, plan, level + 1, sigma_full, phase, resamplers)
+    size = (x.shape[-2], x.shape[-1])
+    if rs is None:
+        corr = unpool(d_low - pool(denoised, mh, mw, off), mh, mw, size, plan.operator, off)
+    else:
+        corr = rs.up(d_low - den_down, size, off, bias=False)
     wt = w.to(device=denoised.device, dtype=denoised.dtype).view(-1, *([1] * (denoised.dim() - 1)))
     return denoised + wt * corr
 
@@ -476,19 +491,22 @@ def guide_x0(
     denoise_low: LowDenoiser,
     plan: GuidancePlan,
     phase: int = 0,
+    resamplers: Resamplers | None = None,
 ) -> torch.Tensor:
     """Upsample guidance in x0/VE form.
 
     ``x`` (B, C, H, W) noisy latents ``x0 + sigma eps``; ``sigma`` per row; ``denoised`` the model's x0
     prediction for x. ``denoise_low(x_low, sigma_low)`` returns the x0 prediction for pooled rows (all rows in
     one call: cond and uncond together). ``phase``: the index of this model call in its pass, which places the
-    moving grid (ignored by the fixed grid). Returns a new tensor; exactly one ``denoise_low`` call per level
-    with non-zero weight, none outside the window."""
+    moving grid (ignored by the fixed grid). ``resamplers``: fitted latent resamplers by level factor
+    (:mod:`lib_chroma.resampler`), used instead of ``pool`` / ``unpool`` (and ``plan.operator``) at the levels
+    whose factor they cover. Returns a new tensor; exactly one ``denoise_low`` call per level with non-zero
+    weight, none outside the window."""
     s = _check_inputs(x, torch.as_tensor(sigma), denoised)
     if not plan.enabled:
         return denoised
     s_model = s if s.is_floating_point() else s.to(torch.float32)
-    return _guide(x, s_model, denoised, denoise_low, plan, 0, s, phase)
+    return _guide(x, s_model, denoised, denoise_low, plan, 0, s, phase, resamplers)
 
 
 def guide_eps(
@@ -501,6 +519,7 @@ def guide_eps(
     *,
     integer_timesteps: bool = False,
     phase: int = 0,
+    resamplers: Resamplers | None = None,
 ) -> torch.Tensor:
     """Upsample guidance in eps/VP form for timestep samplers.
 
@@ -511,7 +530,7 @@ def guide_eps(
     The low call gets the fractional timestep of ``sigma/m``. With ``integer_timesteps`` (for wrappers that
     index ``alphas_cumprod[t]``, e.g. A1111's v-to-eps conversion) it gets the nearest integer timestep and
     the input scaling and x0 conversion use that timestep's own sigma (at most half a table step from
-    ``sigma/m``). ``phase`` as in :func:`guide_x0`."""
+    ``sigma/m``). ``phase`` and ``resamplers`` as in :func:`guide_x0`."""
     tt = _check_inputs(x_t, torch.as_tensor(t), eps)
     if not plan.enabled:
         return eps
@@ -533,7 +552,7 @@ def guide_eps(
         e = eps_low(x_low * sa, t_low)
         return x_low - s64.to(device=x_low.device, dtype=x_low.dtype).view(-1, 1, 1, 1) * e
 
-    guided = _guide(x, sigma64.to(x.device), denoised, low, plan, 0, sigma64, phase)
+    guided = _guide(x, sigma64.to(x.device), denoised, low, plan, 0, sigma64, phase, resamplers)
     return (x - guided) / sig
 
 
@@ -544,7 +563,7 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
     to something else (e.g. to pool spatial conditioning). It goes to ``low_model`` when given (default:
     ``model``): a host passes the same model without the patches other tools put on it for the full size
     (e.g. Deep Shrink's downscale, which would shrink the native-size call below the sizes the model knows).
-    ``calls`` counts model evaluations per resolution;
+    ``resamplers``: as in :func:`guide_x0`. ``calls`` counts model evaluations per resolution;
     ``phase`` counts the full-resolution calls since :meth:`reset` (one sampling run: reset before each), which
     places the moving grid."""
 
@@ -554,9 +573,11 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
         plan: GuidancePlan,
         low_kwargs: Callable[[dict, tuple[int, int]], dict] | None = None,
         low_model: Callable[..., torch.Tensor] | None = None,
+        resamplers: Resamplers | None = None,
     ) -> None:
         super().__init__()
         self.inner = model
+        self.resamplers = resamplers
         self.low_model = low_model if low_model is not None else model
         self.plan = plan
         self.low_kwargs = low_kwargs
@@ -581,4 +602,4 @@ class UpsampleGuidedDenoiser(torch.nn.Module):
             return self.low_model(x_low, s_low, **kw)
 
         phase, self.phase = self.phase, self.phase + 1
-        return guide_x0(x, sigma, denoised, low, self.plan, phase)
+        return guide_x0(x, sigma, denoised, low, self.plan, phase, self.resamplers)
