@@ -26,7 +26,8 @@ def tiny() -> LatentModel:
 def test_parse_plan_types_and_errors() -> None:
     assert bench.parse_plan("scale=1.2,eta=0.6") == {"scale": 1.2, "eta": 0.6}
     assert bench.parse_plan("grid=fixed, coarse=1, q_end=0.9") == {"grid": "fixed", "coarse": 1, "q_end": 0.9}
-    for bad in ("speed=2", "scale=", "scale"):
+    assert bench.parse_plan("q_end=1,space=resampled") == {"q_end": 1.0, "space": "resampled"}
+    for bad in ("speed=2", "scale=", "scale", "space=pixels"):
         with pytest.raises(ValueError, match="plan:"):
             bench.parse_plan(bad)
 
@@ -58,7 +59,8 @@ def test_factor_rows_share_prompts_and_report_costs(tiny: LatentModel) -> None:
     rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=4, plans=plans, batch=2)
     labels = [r["method"] for r in rows]
     assert labels[:3] == ["native 64 px (reference)", "plain", "upscale only (bilinear pixels, no diffusion)"]
-    assert labels[3].startswith("hires fix 0.70") and labels[4].startswith("hires fix") and labels[-1] == "guided"
+    assert labels[3] == bench.TRUTH_LABEL.format(px=128)
+    assert labels[4].startswith("hires fix 0.70") and labels[5].startswith("hires fix") and labels[-1] == "guided"
     plain, guided = rows[1], rows[-1]
     assert plain["calls"] == 4 and plain["calls_x"] == 1.0 and plain["colour_shift"] >= 0.0
     assert guided["calls_by_size"] == {"32x32": 4, "16x16": 2}  # half the steps guided: one low call each

@@ -183,6 +183,26 @@ def test_pixel_space_guidance_with_an_identity_autoencoder_is_the_library_rule(g
     assert low_calls == [low] and calls == [tuple(x.shape), low]
 
 
+def test_cascade_with_resamplers_uses_them_in_the_guided_pass_and_the_handover(tiny: LatentModel) -> None:
+    """Resamplers equal to average pooling and nearest upsampling leave a cascade guided with the nearest operator
+    as it was; as the handover's upscaler (``fitted``) their nearest ``up`` replaces the bilinear one."""
+    from lib_chroma.cascade import plan_cascade
+    from tests.test_resampler import avg_nearest
+
+    sig = runs.latent_sigmas("euler", 8)
+    plan = plan_cascade(sig, (2, 2), guidance={"q_end": 1.0, "operator": "nearest"})
+    unet = runs.CountingUNet(tiny.unet)
+    kw = dict(seed=5000, sampler="euler", batch=2)
+    rs = {(2, 2): avg_nearest(2)}
+    ref = runs.run_cascade(tiny, unet, PROMPTS[:2], plan, **kw)
+    same = runs.run_cascade(tiny, unet, PROMPTS[:2], plan, resamplers=rs, **kw)
+    assert torch.allclose(same, ref, atol=1e-3)  # latents of magnitude ~25: float rounding
+    fitted = runs.run_cascade(tiny, unet, PROMPTS[:2], plan, resamplers=rs, upscaler="fitted", **kw)
+    assert float((fitted - ref).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="fitted needs resamplers"):
+        runs.run_cascade(tiny, unet, PROMPTS[:2], plan, upscaler="fitted", **kw)
+
+
 def test_cascade_stops_the_native_pass_and_guides_the_full_size_pass(tiny: LatentModel) -> None:
     from lib_chroma.cascade import plan_cascade
 

@@ -11,7 +11,9 @@ Native rows (``--native``): 16 x 16 latents (64 px) at each CFG scale and sample
 is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--factors 2 3 4``:
 
 - ``native 64 px (reference)``: the first pass (the ceiling of this column);
-- ``plain``; ``upscale only`` (bilinear pixel upscale of the native samples, no diffusion);
+- ``plain``; ``upscale only`` (bilinear pixel upscale of the native samples, no diffusion); the truth at the output
+  size through the autoencoder (:func:`truth_through_autoencoder`: scenes with the prompts' attributes rendered at
+  ``64 m`` px, encoded and decoded: the blockiness and detail of true images as the decoder renders them);
 - ``hires fix`` (A1111's second pass on bilinearly upscaled latents) at A1111's default strength 0.70 and at
   the chromatography strength (level m kept 90 % at the first hires sigma) for the latents' measured level-1
   power ``P`` (``meta["level_power"]["1"]``, :func:`lib_chroma.toy.runs.hires_chroma_strength`), and at that
@@ -27,7 +29,8 @@ is read against. Factor rows at ``m``x (``16 m`` latents, ``64 m`` px), ``--fact
 plan's levels become the factor's levels followed by ``(2, 2)``: the native-size prediction is itself guided by
 the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`); ``space=pixel`` makes the
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
-one level, on the plan's grid).
+one level, on the plan's grid); ``space=resampled`` uses the latent resamplers fitted to the autoencoder
+(:mod:`lib_chroma.resampler`, shipped in ``weights/latent_resamplers.safetensors``) for ``D`` and ``U``.
 
 ``--peers``: the UNet-patching peers (:data:`PEER_ROWS`) with their SD 1.5 defaults for the factor, Deep Shrink
 with the library's default guidance, its low-resolution call bypassing the shrink (as the WebUI adapters do) or
@@ -67,7 +70,8 @@ from lib_chroma.guidance import GuidancePlan, factor_levels
 from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.toy import peers as P
 
-from . import runs, scorer, switching, text
+from . import data, runs, scorer, switching, text
+from . import resamplers as latent_resamplers
 from .train import LatentModel, load_model
 
 DEFAULT_OUT = Path("outputs/latent_bench")
@@ -88,6 +92,8 @@ STANDARD_PLANS: dict[str, dict[str, Any]] = {
     "guidance, all steps, constant w=1": {"scale": 1.0, "eta": 1.0},
 }
 PLAN_KEYS = ("scale", "shape", "q_end", "operator", "grid", "power", "eta", "sigma_lo", "coarse", "space")
+#: ``space=``: average pooling of latents, the correction through the autoencoder, or the fitted resamplers
+SPACES = ("latent", "pixel", "resampled")
 
 
 def parse_plan(spec: str) -> dict[str, Any]:
@@ -98,8 +104,8 @@ def parse_plan(spec: str) -> dict[str, Any]:
         k, v = k.strip(), v.strip()
         if k not in PLAN_KEYS or not v:
             raise ValueError(f"plan: unknown or empty key {k!r} in {spec!r}; keys: {', '.join(PLAN_KEYS)}")
-        if k == "space" and v not in ("latent", "pixel"):
-            raise ValueError(f"plan: space must be latent or pixel, got {v!r}")
+        if k == "space" and v not in SPACES:
+            raise ValueError(f"plan: space must be one of {', '.join(SPACES)}, got {v!r}")
         out[k] = v if k in ("shape", "operator", "grid", "space") else int(v) if k == "coarse" else float(v)
     return out
 
@@ -135,6 +141,8 @@ def tile(imgs: torch.Tensor, cols: int = 8) -> Any:
     return out
 
 
+#: The resamplers file ``space=resampled`` rows use (``None``: the shipped one).
+RESAMPLERS: dict[str, Path | None] = {"path": None}
 #: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
 SAMPLES: dict[str, Any] = {"dir": None, "count": 16}
 
@@ -169,6 +177,23 @@ def _row(label: str, imgs: torch.Tensor, prompts: list[dict[str, str]], grid: in
         row["pixel_evals"] = unet.pixel_evals
         row["calls_by_size"] = {f"{h}x{w}": c for (h, w), c in unet.calls.items()}
     return row
+
+
+TRUTH_LABEL = "{px} px truth through the autoencoder (render, E, G; no diffusion)"
+
+
+@torch.no_grad()
+def truth_through_autoencoder(model: LatentModel, prompts: list[dict[str, str]], seed: int, px: int,
+                              chunk: int = 32) -> torch.Tensor:
+    """``G(E(render(scene, px)))`` for scenes with the prompts' attributes (data seed ``seed``): what the
+    autoencoder makes of true images at the output size, the reference for the decoded rows' blockiness and
+    detail (the decoder's own cell pattern included)."""
+    scenes = data.sample_scenes(len(prompts), seed, list(prompts))
+    out = []
+    for i in range(0, len(scenes), chunk):
+        x = torch.from_numpy(data.render(scenes[i:i + chunk], px)).float()
+        out.append(model.ae.decode(model.ae.encode(x)).clamp(-1, 1))
+    return torch.cat(out)
 
 
 def run_native(model: LatentModel, n: int, seed: int, cfgs: list[float], samplers: list[tuple[str, int]],
@@ -209,6 +234,9 @@ def demofusion_label(m: int) -> str:
 
 #: ``--cascade`` upscalers: label part -> :func:`lib_chroma.toy.latent.runs.run_cascade` ``upscaler``.
 CASCADE_UPSCALERS = {"Latent upscaler": "bilinear", "image upscaler": "pixel"}
+#: ``--cascade-resampled``: the same cascades with the fitted resamplers in the guided stages, enlarged by these
+CASCADE_RESAMPLED_UPSCALERS = {"fitted resamplers, Latent upscaler": "bilinear",
+                               "fitted resamplers, fitted up": "fitted"}
 
 
 def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
@@ -243,13 +271,13 @@ def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
 def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sampler: str, steps: int,
                plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16,
                peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False,
-               cascade_losses: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+               cascade_losses: tuple[float, ...] = (), cascade_resampled: bool = False) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
     seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
     :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`) and DemoFusion
     (its native pass is the native row's, whose cost it includes). ``skip``: guided and peer rows whose label
     contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows (``cascade_losses``: its extra
-    loss bounds)."""
+    loss bounds; ``cascade_resampled``: also with the fitted resamplers, :data:`CASCADE_RESAMPLED_UPSCALERS`)."""
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
@@ -271,6 +299,8 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
         up = torch.nn.functional.interpolate(native_img, scale_factor=m, mode="bilinear", align_corners=False)
         rows.append(_row("upscale only (bilinear pixels, no diffusion)", up, prompts, grid, None,
                          t_native + time.time() - t0, tag=tag))
+        rows.append(_row(TRUTH_LABEL.format(px=64 * m), truth_through_autoencoder(model, prompts, seed, 64 * m),
+                         prompts, grid, None, 0.0, tag=tag))
         power = float(model.meta["level_power"]["1"])
         s_chroma = runs.hires_chroma_strength(m, steps, sampler, power=power)
         for strength, what, upscaler in ((runs.A1111_HIRES_STRENGTH, "A1111 default", "latent"),
@@ -292,22 +322,25 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
         plan = make_plan(m, steps, sampler, spec)
         unet.reset()
         t0 = time.time()
+        rsm = latent_resamplers.load(RESAMPLERS["path"]) if spec.get("space") == "resampled" else None
         z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
-                             batch=batch, pixel_space=spec.get("space") == "pixel")
+                             batch=batch, pixel_space=spec.get("space") == "pixel", resamplers=rsm)
         row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag)
         row["plan"] = {"spec": spec, "levels": plan.levels, "scale": plan.scale, "shape": plan.shape,
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
     for base, cplan in (cascade_plans(model, m, steps, sampler, cascade_losses) if cascade else {}).items():
-        for what, upscaler in CASCADE_UPSCALERS.items():
+        ups = {**CASCADE_UPSCALERS, **(CASCADE_RESAMPLED_UPSCALERS if cascade_resampled else {})}
+        for what, upscaler in ups.items():
             label = f"{base}, {what}"
             if any(t in label for t in skip):
                 continue
+            rsm = latent_resamplers.load(RESAMPLERS["path"]) if what.startswith("fitted") else None
             unet.reset()
             t0 = time.time()
             z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
-                                 upscaler=upscaler)
+                                 upscaler=upscaler, resamplers=rsm)
             rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
     if peers:
         pm = P.toy_map(model.unet)
@@ -425,10 +458,14 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--cascade", action="store_true", help="add the chromatographic cascade rows")
     p.add_argument("--cascade-loss", type=float, action="append", default=[], metavar="Q",
                    help="with --cascade: also the WebUI's rule with loss bound Q (repeatable)")
+    p.add_argument("--cascade-resampled", action="store_true",
+                   help="with --cascade: also the cascades with the fitted resamplers (guided stages and handover)")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
                    help="leave out guided and peer rows whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
     p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--resamplers", type=Path, default=None,
+                   help="the fitted resamplers of space=resampled rows (default: the shipped ones)")
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -438,6 +475,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.weights)
     SAMPLES.update(dir=args.out / "samples", count=args.images)
+    RESAMPLERS["path"] = args.resamplers
     n, steps, factors = (8, 6, [2]) if args.quick else (args.n, args.steps, args.factors)
     t0 = time.time()
     if args.prompts:
@@ -458,7 +496,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                 for cfg in args.cfg:
                     rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
                                        baselines=not args.no_baselines, peers=args.peers, skip=tuple(args.skip),
-                                       cascade=args.cascade, cascade_losses=tuple(args.cascade_loss))
+                                       cascade=args.cascade, cascade_losses=tuple(args.cascade_loss),
+                                       cascade_resampled=args.cascade_resampled)
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_chroma.cascade import DEFAULT_HANDOVER, CascadePlan
-from lib_chroma.guidance import GuidancePlan, UpsampleGuidedDenoiser, pool, pool_image, unpool_image
+from lib_chroma.guidance import GuidancePlan, Resamplers, UpsampleGuidedDenoiser, pool, pool_image, unpool_image
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 from lib_chroma.toy import demofusion
 from lib_chroma.toy.cascade_runs import sample_stages
@@ -148,13 +148,15 @@ class CFGDenoiser(torch.nn.Module):
 
     Prompt editing as A1111's ``[cond:detail:N]``: with ``detail`` given, calls ``0 .. switch_call - 1`` use
     ``cond`` and calls from ``switch_call`` on use ``detail`` (A1111 counts model calls, ``N = switch_call -
-    1``); the unconditional context stays. ``low_model``: the guidance's low-resolution call goes there (see
+    1``); the unconditional context stays. ``low_model``: the guidance's low-resolution call goes there;
+    ``resamplers``: fitted latent resamplers for its ``D`` and ``U`` (both as in
     :class:`lib_chroma.guidance.UpsampleGuidedDenoiser`)."""
 
     def __init__(self, den: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
                  plan: GuidancePlan | None = None, pixel_ae: torch.nn.Module | None = None,
                  detail: torch.Tensor | None = None, switch_call: int = 0,
-                 low_model: Callable[..., torch.Tensor] | None = None) -> None:
+                 low_model: Callable[..., torch.Tensor] | None = None,
+                 resamplers: Resamplers | None = None) -> None:
         super().__init__()
         if cond.shape != uncond.shape:
             raise ValueError(f"uncond: shape {tuple(uncond.shape)} differs from cond {tuple(cond.shape)}")
@@ -167,7 +169,7 @@ class CFGDenoiser(torch.nn.Module):
         elif pixel_ae is not None:
             self.inner = PixelSpaceGuidedDenoiser(den, plan, pixel_ae, low_model)
         else:
-            self.inner = UpsampleGuidedDenoiser(den, plan, low_model=low_model)
+            self.inner = UpsampleGuidedDenoiser(den, plan, low_model=low_model, resamplers=resamplers)
         self.context = torch.cat([cond, uncond])
         self.detail_context = None if detail is None else torch.cat([detail, uncond])
         self.switch_call = int(switch_call)
@@ -232,6 +234,7 @@ def run_txt2img(
     scheduler: str = "Automatic",
     patch: Callable[[], AbstractContextManager] | None = None,
     bypass_low: bool = True,
+    resamplers: Resamplers | None = None,
 ) -> torch.Tensor:
     """Latents ``(len(prompts), 4, h, w)`` (scaled) from plain or guided CFG sampling (module docstring);
     ``pixel_space``: the plan's correction through the autoencoder (:class:`PixelSpaceGuidedDenoiser`);
@@ -239,7 +242,8 @@ def run_txt2img(
     editing, :class:`CFGDenoiser`); ``callback(start, info)``: k-diffusion's per-step callback for the batch
     starting at sample ``start``; ``scheduler``: an A1111 scheduler label (:func:`latent_sigmas`); ``patch``: a
     factory of a UNet patch (:mod:`lib_chroma.toy.peers`) entered around each batch, whose guided low-resolution
-    call bypasses it (``bypass_low``, as the WebUI adapters do; ``False``: it goes through the patch too)."""
+    call bypasses it (``bypass_low``, as the WebUI adapters do; ``False``: it goes through the patch too);
+    ``resamplers``: the guidance's fitted latent resamplers (:mod:`lib_chroma.resampler`)."""
     if detail is not None and len(detail) != len(prompts):
         raise ValueError(f"detail: need one per prompt ({len(prompts)}), got {len(detail)}")
     den = make_denoiser(unet)  # type: ignore[arg-type]
@@ -251,7 +255,7 @@ def run_txt2img(
         dcond = None if detail is None else _contexts(model, detail[start:start + size])[0]
         x = initial_noise(size, h, w, seed + start, channels=4) * sigmas[0]
         cfg_den = CFGDenoiser(den, cond, uncond, cfg, plan, model.ae if pixel_space else None, dcond, switch_call,
-                              low)
+                              low, resamplers)
         cb = None if callback is None else (lambda info: callback(start, info))
         with patch() if patch is not None else nullcontext():
             return fn(cfg_den, x, sigmas, disable=True, callback=cb)
@@ -392,6 +396,7 @@ def run_cascade(
     handover_mode: str = DEFAULT_HANDOVER,
     native: int = 16,
     upscaler: str = "bilinear",
+    resamplers: Resamplers | None = None,
 ) -> torch.Tensor:
     """The chromatographic cascade (:mod:`lib_chroma.cascade`) through A1111's CFG, as
     :func:`lib_chroma.toy.cascade_runs.run_cascade` on the toy: the native stage starts from the native samples'
@@ -402,16 +407,23 @@ def run_cascade(
     a latent upscaler of :data:`lib_chroma.cascade.UPSCALERS` (A1111's "Latent" is ``bilinear``) or ``pixel``: the
     x0 prediction goes through the images (:func:`upscale_pixels`, as A1111's image upscalers in the hires fix the
     WebUI's cascade runs through) and the handover's noise is added as the WebUI adapter adds it
-    (:func:`lib_chroma.toy.cascade_runs.sample_stages`; ``fresh`` or ``renoise`` only). Returns the last stage's
-    latents."""
-    if upscaler == "pixel" and handover_mode == "noisy":
-        raise ValueError("upscaler: pixel needs the fresh or renoise handover (noisy upscales the noisy latent)")
+    (:func:`lib_chroma.toy.cascade_runs.sample_stages`; ``fresh`` or ``renoise`` only), or ``fitted``: the fitted
+    resampler's ``up`` of the stage's factor ratio (``resamplers``, :mod:`lib_chroma.resampler`). ``resamplers``: the
+    guided stages' ``D`` and ``U`` too. Returns the last stage's latents."""
+    if upscaler in ("pixel", "fitted") and handover_mode == "noisy":
+        raise ValueError(f"upscaler: {upscaler} needs the fresh or renoise handover (noisy upscales the noisy latent)")
     den = make_denoiser(unet)  # type: ignore[arg-type]
     fn = _ks(sampler)
-    enlarge = (lambda x0, h, w: upscale_pixels(model, x0, h, w)) if upscaler == "pixel" else None
+    enlarge = None
+    if upscaler == "pixel":
+        enlarge = lambda x0, h, w: upscale_pixels(model, x0, h, w)  # noqa: E731
+    elif upscaler == "fitted":
+        if not resamplers:
+            raise ValueError("upscaler: fitted needs resamplers")
+        enlarge = lambda x0, h, w: resamplers[(h // x0.shape[-2], w // x0.shape[-1])].up(x0, (h, w))  # noqa: E731
 
     def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        return sample_stages(plan, fn, lambda gplan: CFGDenoiser(den, cond, uncond, cfg, gplan),
+        return sample_stages(plan, fn, lambda gplan: CFGDenoiser(den, cond, uncond, cfg, gplan, resamplers=resamplers),
                              lambda h, w: initial_noise(size, h, w, seed + start, channels=4), seed + start, native,
                              handover_mode=handover_mode, upscaler=upscaler, enlarge=enlarge)
 

@@ -311,10 +311,19 @@ def train_main(argv: list[str] | None = None) -> int:
                    help="cache of the autoencoder stage: reused when made with the same arguments, else written")
     p.add_argument("--threads", type=int, default=1, help="torch threads (a run is bit-reproducible on the same "
                                                           "torch build and thread count)")
-    p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--out", type=Path, default=None, help="default: the shipped weights' path")
+    p.add_argument("--resamplers", action="store_true",
+                   help="only fit the latent resamplers of the shipped (or --weights) model, into --out "
+                        "(default weights/latent_resamplers.safetensors)")
+    p.add_argument("--weights", type=Path, default=None, help="with --resamplers: the model to fit them for")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
+    if args.resamplers:
+        from . import resamplers
+
+        return resamplers.fit_main(load_model(args.weights), args.out or resamplers.DEFAULT_RESAMPLERS)
+    args.out = args.out or DEFAULT_WEIGHTS
     train(seed=args.seed, ae_steps=args.ae_steps, n_latents=args.n_latents, steps=args.steps, batch=args.batch,
           lr=args.lr, out=args.out, stage1=args.stage1)
     return 0
