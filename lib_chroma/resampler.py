@@ -36,7 +36,6 @@ from lib_chroma.validation import check_int
 __all__ = ["LatentResampler", "fit_resampler", "save_resamplers", "load_resamplers"]
 
 
-
 @dataclass(frozen=True)
 class LatentResampler:
     """Fitted ``down`` / ``up`` between latents at ``factor`` = (m_h, m_w) times the native size and native
@@ -67,8 +66,8 @@ class LatentResampler:
         """``(B, C, H, W)`` -> ``(B, C, ceil(H / m_h), ceil(W / m_w))`` on the blocks of ``pool(z, m_h, m_w,
         offset)``."""
         (mh, mw), p = self.factor, self.pad_down
-        top, bottom, nh = _span(z.shape[-2], mh, offset[0])
-        left, right, nw = _span(z.shape[-1], mw, offset[1])
+        top, _, nh = _span(z.shape[-2], mh, offset[0])
+        left, _, nw = _span(z.shape[-1], mw, offset[1])
         # the blocks start `top` rows above the image; `p` more rows on each side for the kernel's margin
         need_h, need_w = nh * mh + 2 * p, nw * mw + 2 * p
         pads = (left + p, max(0, need_w - (left + p) - z.shape[-1]), top + p, max(0, need_h - (top + p) - z.shape[-2]))

@@ -6,8 +6,8 @@ render is the high-resolution truth of the 1x one): for factor ``m`` the pairs `
 E(render(64 s)))`` at the scales ``s`` of :data:`SCALES` (larger scales are cut into crops of the native size).
 Adding the scale ``s = 2`` to factor 2 (the half-resolution level of a nested 4x plan sees faces twice the native
 size) lost proper faces at 2x on the tuning seeds (0.81 against 0.91, 32 samples), so each factor is fitted at
-the native scale. Scenes from data seed :data:`FIT_SEED`, the error measured
-on :data:`CHECK_SEED` (neither is a training, tuning or held-out seed of the bench).
+the native scale. Scenes from data seed :data:`FIT_SEED`, the error measured on :data:`CHECK_SEED` (neither is one
+of the bench's tuning or held-out seeds).
 """
 
 from __future__ import annotations
