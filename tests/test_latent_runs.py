@@ -203,6 +203,20 @@ def test_cascade_with_resamplers_uses_them_in_the_guided_pass_and_the_handover(t
         runs.run_cascade(tiny, unet, PROMPTS[:2], plan, upscaler="fitted", **kw)
 
 
+def test_fitted_up_chains_the_fitted_factors_when_the_ratio_has_none() -> None:
+    """4× with only a 2× resampler is two 2× ups (as nested guidance chains its levels); nearest maps make it a
+    4 × 4 nearest enlargement. A ratio no chain of fitted factors makes is refused, naming what is fitted."""
+    from tests.test_resampler import avg_nearest
+
+    x0 = torch.randn(1, 4, 5, 6)
+    rs = {(2, 2): avg_nearest(2)}
+    out = runs.fitted_up(rs, x0, 20, 24)
+    assert torch.equal(out, x0.repeat_interleave(4, -2).repeat_interleave(4, -1))
+    assert torch.equal(runs.fitted_up(rs, x0, 10, 12), rs[(2, 2)].up(x0, (10, 12)))
+    with pytest.raises(ValueError, match=r"×\(3, 3\).*\(2, 2\)"):
+        runs.fitted_up(rs, x0, 15, 18)
+
+
 def test_cascade_stops_the_native_pass_and_guides_the_full_size_pass(tiny: LatentModel) -> None:
     from lib_chroma.cascade import plan_cascade
 

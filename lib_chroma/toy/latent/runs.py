@@ -384,6 +384,25 @@ def run_demofusion(
 
 
 @torch.no_grad()
+def fitted_up(resamplers: Resamplers, x0: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Enlarge ``x0`` to ``h × w`` with the fitted ``up`` maps: the ratio's own resampler where there is one, else a
+    chain of the available factors that multiply to it (4× = 2× then 2×, as nested guidance chains its levels)."""
+    size = (x0.shape[-2], x0.shape[-1])
+    while size != (h, w):
+        ratio = (h // size[0], w // size[1])
+        if (h, w) != (size[0] * ratio[0], size[1] * ratio[1]):
+            raise ValueError(f"upscaler: fitted needs an integer ratio, got {size} -> {(h, w)}")
+        step = ratio if ratio in resamplers else next(
+            (f for f in sorted(resamplers, reverse=True)
+             if f != (1, 1) and ratio[0] % f[0] == 0 and ratio[1] % f[1] == 0), None)
+        if step is None:
+            raise ValueError(f"upscaler: fitted has no resampler chain for ×{ratio}; "
+                             f"fitted factors: {sorted(resamplers)}")
+        size = (size[0] * step[0], size[1] * step[1])
+        x0 = resamplers[step].up(x0, size)
+    return x0
+
+
 def run_cascade(
     model: LatentModel,
     unet: CountingUNet,
@@ -420,7 +439,7 @@ def run_cascade(
     elif upscaler == "fitted":
         if not resamplers:
             raise ValueError("upscaler: fitted needs resamplers")
-        enlarge = lambda x0, h, w: resamplers[(h // x0.shape[-2], w // x0.shape[-1])].up(x0, (h, w))  # noqa: E731
+        enlarge = lambda x0, h, w: fitted_up(resamplers, x0, h, w)  # noqa: E731
 
     def one(start: int, size: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         return sample_stages(plan, fn, lambda gplan: CFGDenoiser(den, cond, uncond, cfg, gplan, resamplers=resamplers),
