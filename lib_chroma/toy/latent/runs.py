@@ -383,7 +383,6 @@ def run_demofusion(
     return _batched(model, prompts, seed, batch, None, one)
 
 
-@torch.no_grad()
 def fitted_up(resamplers: Resamplers, x0: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Enlarge ``x0`` to ``h × w`` with the fitted ``up`` maps: the ratio's own resampler where there is one, else a
     chain of the available factors that multiply to it (4× = 2× then 2×, as nested guidance chains its levels)."""
@@ -403,6 +402,7 @@ def fitted_up(resamplers: Resamplers, x0: torch.Tensor, h: int, w: int) -> torch
     return x0
 
 
+@torch.no_grad()
 def run_cascade(
     model: LatentModel,
     unet: CountingUNet,
