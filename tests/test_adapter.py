@@ -679,3 +679,49 @@ def test_other_extensions_block_wrappers_are_left_out_of_the_low_res_call_only(w
     assert unet.input_blocks[1] is wrapper
     assert "input_blocks.1" in p.extra_generation_params["RC note"]
     assert "RC error" not in p.extra_generation_params
+
+
+def test_fitted_resamplers_are_fitted_once_per_vae_and_change_the_guidance(web, tmp_path, monkeypatch):
+    from lib_chroma.webui import vae_resamplers
+
+    vae_resamplers.clear()
+    monkeypatch.setattr("lib_chroma.encoder_fit.FIT_IMAGES", 16)  # a quick fit
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
+    vae = web.shared.sd_model.first_stage_model
+    args = [{"factor_h": 2, "factor_w": 2, "resampler": "fitted"}]
+    p = make_p(web)
+    fitted = run(web, p, args, Inner(), size=(32, 32))
+    rec = json.loads(p.extra_generation_params["RC debug"])
+    assert rec["passes"][0]["resamplers"] == [[2, 2]]
+    assert p.extra_generation_params["RC resampler"] == "fitted"
+    assert "RC note" not in p.extra_generation_params
+    assert vae.encodes == 2 * 16  # the dead-leaves pairs, once
+    pooled = run(web, make_p(web), [{"factor_h": 2, "factor_w": 2}], Inner(), size=(32, 32))
+    assert not torch.equal(fitted, pooled)
+    # cached: no second fit, and the fit drew nothing from the generation's generator (same image cold and warm)
+    torch.manual_seed(5)
+    again = run(web, make_p(web), args, Inner(), size=(32, 32))
+    after_warm = torch.rand(3)
+    assert vae.encodes == 2 * 16 and torch.equal(again, fitted)
+    vae_resamplers.clear()
+    torch.manual_seed(5)
+    cold = run(web, make_p(web), args, Inner(), size=(32, 32))
+    assert torch.equal(cold, fitted) and torch.equal(torch.rand(3), after_warm)
+    # another VAE (loaded into the model in place of this one) is fitted anew
+    web.shared.sd_model.first_stage_model = fake_webui.FakeVAE(seed=1)
+    other = run(web, make_p(web), args, Inner(), size=(32, 32))
+    assert web.shared.sd_model.first_stage_model.encodes == 2 * 16
+    assert not torch.equal(other, fitted)
+
+
+def test_fitted_resamplers_that_cannot_be_fitted_fall_back_to_pooling_and_say_so(web):
+    from lib_chroma.webui import vae_resamplers
+
+    vae_resamplers.clear()
+    web.shared.sd_model.first_stage_model = None
+    p = make_p(web)
+    out = run(web, p, [{"factor_h": 2, "factor_w": 2, "resampler": "fitted"}], Inner(), size=(32, 32))
+    pooled = run(web, make_p(web), [{"factor_h": 2, "factor_w": 2}], Inner(), size=(32, 32))
+    assert torch.equal(out, pooled)
+    assert "fitted resamplers unavailable" in p.extra_generation_params["RC note"]
+    assert "average pooling used" in p.extra_generation_params["RC note"]

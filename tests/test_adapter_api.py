@@ -101,10 +101,14 @@ def test_documented_boolean_coercions(value, expected):
     assert S.validate_field("nested", value) is expected
 
 
-def test_grid_axis():
-    specs = {label: apply for label, _, apply, _ in axis_specs()}
+@pytest.mark.parametrize("label, field, value, expected, bad", [
+    ("[RC] Grid", "grid", "fixed", "fixed", "diagonal"),
+    ("[RC] Resampler", "resampler", "Fitted", "fitted", "learned"),
+])
+def test_choice_axes(label, field, value, expected, bad):
+    specs = {lab: apply for lab, _, apply, _ in axis_specs()}
     p = types.SimpleNamespace()
-    specs["[RC] Grid"](p, "fixed", [])
-    assert p.rc_grid == "fixed"
-    with pytest.raises(ValueError, match="^grid:"):
-        specs["[RC] Grid"](p, "diagonal", [])
+    specs[label](p, value, [])
+    assert getattr(p, f"rc_{field}") == expected
+    with pytest.raises(ValueError, match=f"^{field}: must be one of"):
+        specs[label](p, bad, [])

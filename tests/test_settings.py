@@ -201,7 +201,8 @@ def test_grid_field_round_trips_and_old_infotext_pastes_as_fixed():
 
 
 def test_cascade_field_is_appended_and_round_trips():
-    assert S.FIELD_NAMES[-2:] == ("grid", "cascade")  # appended last: positional calls keep their meaning
+    # appended after grid: positional calls keep their meaning
+    assert S.FIELD_NAMES[S.FIELD_NAMES.index("grid") + 1] == "cascade"
     assert S.RCSettings().cascade is False
     s = S.RCSettings(enabled=True, cascade=True)
     assert s.to_infotext()["RC cascade"] == "true"
@@ -209,12 +210,28 @@ def test_cascade_field_is_appended_and_round_trips():
     assert S.from_infotext({k: str(v) for k, v in s.to_infotext().items()}).cascade is True
     assert S.infotext_value("cascade", {"RC scale": "1.5"}) is False
     args = S.RCSettings().to_args()
-    args[0], args[-1] = True, True
+    args[0], args[S.FIELD_NAMES.index("cascade")] = True, True
     assert S.from_args(args).cascade is True
     assert S.from_dict({"cascade": "true"}).cascade is True
     with pytest.raises(ValueError, match="^cascade: must be true or false"):
         S.from_dict({"cascade": "maybe"})
     assert "RC cascade" in S.INFOTEXT_KEYS and "RC cascade" not in S.INFOTEXT_INFO_KEYS  # pasted
+
+
+def test_resampler_field_is_appended_and_round_trips():
+    assert S.FIELD_NAMES[-2:] == ("cascade", "resampler")  # appended last: positional calls keep their meaning
+    assert S.RCSettings().resampler == "pooling"
+    assert "RC resampler" not in S.RCSettings(enabled=True).to_infotext()  # the default leaves infotext unchanged
+    s = S.RCSettings(enabled=True, resampler="fitted")
+    assert s.to_infotext()["RC resampler"] == "fitted"
+    assert S.from_infotext({k: str(v) for k, v in s.to_infotext().items()}).resampler == "fitted"
+    assert S.infotext_value("resampler", {"RC scale": "1.5"}) == "pooling"  # older images: pooling
+    args = S.RCSettings().to_args()
+    args[0], args[-1] = True, "fitted"
+    assert S.from_args(args).resampler == "fitted"
+    with pytest.raises(ValueError, match="^resampler: must be one of 'pooling', 'fitted'"):
+        S.from_dict({"resampler": "learned"})
+    assert "RC resampler" in S.INFOTEXT_KEYS and "RC resampler" not in S.INFOTEXT_INFO_KEYS
 
 
 def test_accordion_groups():

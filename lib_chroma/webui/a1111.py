@@ -325,10 +325,10 @@ def _guide(st: Generation, rec: Any, params: Any) -> None:
         # A1111's v-to-eps wrapper indexes alphas_cumprod[t]: give the low call integer timesteps there
         guided = guide_eps(
             xs, sigma_in[:rows], outs, call, pp.plan, pp.schedule, integer_timesteps=pp.schedule.v_prediction,
-            phase=phase,
+            phase=phase, resamplers=pp.resamplers,
         )
     else:
-        guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan, phase)
+        guided = guide_x0(xs, sigma_in[:rows], outs, call, pp.plan, phase, pp.resamplers)
     G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0, call.image_shapes)
     st.pixel_evals += sum(int(sh[0]) * int(sh[-2]) * int(sh[-1]) for sh in call.shapes)
     if pp.record is not None:

@@ -204,7 +204,8 @@ def _guide(
         vector_key="y",
     )
     t0 = time.perf_counter()
-    guided = guide_x0(x, sigma, out, call, pp.plan, phase)  # a failure books no low-res call, as in A1111
+    # a failure books no low-res call, as in A1111
+    guided = guide_x0(x, sigma, out, call, pp.plan, phase, pp.resamplers)
     G.add_low_calls(st, pp, call.calls, call.shapes, time.perf_counter() - t0, call.image_shapes)
     return guided.to(out.dtype)
 

@@ -86,6 +86,7 @@ class PassPlan:
     calls: int = 0  # model calls of this pass so far: the phase of the moving pooling grid
     hooked: int = 0  # of these, the calls that reached the adapter's correction hook
     record: dict | None = None  # the debug entry of the model call in progress
+    resamplers: dict | None = None  # fitted resamplers by level factor (field resampler = fitted), else pooling
 
 
 @dataclass
@@ -409,7 +410,8 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
         return None
     if not plan.enabled:
         return None
-    st.current = PassPlan(hires, plan, factor, (lh, lw), sigmas)
+    rsm = _fitted_resamplers(p, plan) if s.resampler == "fitted" else None
+    st.current = PassPlan(hires, plan, factor, (lh, lw), sigmas, resamplers=rsm)
     win = plan.window_steps(sigmas) if sigmas else None
     if not hires and sigmas:
         n = len(sigmas) - 1
@@ -427,9 +429,23 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
                 "sigmas": sigmas,
                 "window": None if win is None else list(win),
                 "weights": None if not sigmas else [plan.weight(0, v) for v in sigmas[:-1]],
+                "resamplers": None if rsm is None else [list(k) for k in rsm],
             }
         )
     return st.current
+
+
+def _fitted_resamplers(p: Any, plan: GuidancePlan) -> dict | None:
+    """The loaded VAE's fitted resamplers for ``plan``'s levels, or None (average pooling, with an ``RC note``)
+    when they cannot be fitted."""
+    try:
+        from lib_chroma.webui import vae_resamplers
+
+        vae, encode = vae_resamplers.host_encoder(getattr(p, "sd_model", None) or shared.sd_model)
+        return vae_resamplers.resamplers_for(plan.levels, vae, encode)
+    except Exception as e:  # noqa: BLE001 - guidance still runs, with pooling
+        note(p, f"fitted resamplers unavailable ({type(e).__name__}: {e}); average pooling used")
+        return None
 
 
 def count_call(st: Generation, pp: PassPlan, call: int, sigma: float, hooked: bool = True) -> int:

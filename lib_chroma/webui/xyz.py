@@ -1,4 +1,4 @@
-"""X/Y/Z plot axes: enable, scale, factor, window, switch level, pooling grid, cascade.
+"""X/Y/Z plot axes: enable, scale, factor, window, switch level, pooling grid, cascade, resampler.
 
 Each axis stores its value on the cell's processing copy as ``p.rc_<field>`` (XYZ's ``copy(p)`` is shallow, so
 nothing shared is mutated); :func:`lib_chroma.webui.generation.on_process` reads them, and any axis other than
@@ -40,6 +40,7 @@ def axis_specs() -> list[tuple[str, type, Callable[[Any, Any, Any], None], Calla
         (LABEL_PREFIX + "Switch level", int, _setter("switch_level"), None),
         (LABEL_PREFIX + "Grid", str, _setter("grid"), lambda: list(S.GRID_CHOICES)),
         (LABEL_PREFIX + "Cascade", str, _setter("cascade"), lambda: ["True", "False"]),
+        (LABEL_PREFIX + "Resampler", str, _setter("resampler"), lambda: list(S.RESAMPLER_CHOICES)),
     ]
 
 

@@ -200,6 +200,29 @@ def _setup_img2img_steps(p, steps=None):
     return total, t_enc
 
 
+class FakeVAE(torch.nn.Module):
+    """A fixed linear "encoder" (``f = 8``, 4 channels, seeded weights; ``seed`` changes the VAE)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 4, 8, stride=8)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(4, 3, 8, 8, generator=g) / 16)
+            self.conv.bias.copy_(torch.randn(4, generator=g) * 0.1)
+        self.encodes = 0  # images encoded
+
+
+def _images_tensor_to_samples(image, approximation=None, model=None):
+    """``image`` in [0, 1] -> latents through ``model.first_stage_model``, plus posterior noise from the global
+    generator (as A1111's ``get_first_stage_encoding`` samples the posterior)."""
+    vae = model.first_stage_model
+    vae.encodes += len(image)
+    with torch.no_grad():
+        z = vae.conv(image * 2 - 1)
+    return z + 0.01 * torch.randn_like(z)
+
+
 @dataclass
 class FakeModel:
     """``shared.sd_model`` stand-in: flags, schedule and (optionally) an SDXL-like conditioner."""
@@ -215,6 +238,7 @@ class FakeModel:
     cond_stage_key: str = "txt"
     conditioner: Any = None
     model: Any = field(default_factory=lambda: types.SimpleNamespace(conditioning_key="crossattn"))
+    first_stage_model: Any = field(default_factory=FakeVAE)
 
 
 def install(**opts: Any) -> types.SimpleNamespace:
@@ -231,6 +255,7 @@ def install(**opts: Any) -> types.SimpleNamespace:
     ts.CFGDenoiserTimesteps = FakeCFGDenoiserTimesteps
     common = types.ModuleType("modules.sd_samplers_common")
     common.setup_img2img_steps = _setup_img2img_steps
+    common.images_tensor_to_samples = _images_tensor_to_samples
     for name, mod in zip(NAMES, (pkg, shared, sc, ts, common)):
         sys.modules[name] = mod
     pkg.shared, pkg.script_callbacks, pkg.sd_samplers_timesteps, pkg.sd_samplers_common = (

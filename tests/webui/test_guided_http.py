@@ -267,3 +267,27 @@ def test_moving_grid_other_families(guided: Guided, model: str) -> None:
     record = only_record(records)
     assert record["low_calls"] == record["model_calls"] == STEPS
     assert "RC error" not in infotext(body)
+
+
+@pytest.mark.parametrize("model", ["sd1", "sd2v", "sdxl"])
+def test_fitted_resamplers_in_every_family(guided: Guided, model: str) -> None:
+    """``resampler = fitted``: resamplers fitted to the checkpoint's own VAE on the first request (the debug record
+    names the level they serve), the infotext says so, the image differs from pooling's; the next request, with
+    the fit cached, gives the same image bit for bit (the fit takes nothing from the seed's random numbers), and a
+    disabled request afterwards equals one made before."""
+    if model not in guided.server.checkpoints:
+        pytest.skip(kit.not_built(model))
+    payload: dict[str, Any] = {"sampler_name": "Euler a", "seed": 11,
+                               "override_settings": {"sd_model_checkpoint": f"tiny-{model}"}}
+    before = disabled_image(guided, **payload)
+    rc = dict(EVERY_CALL, resampler="fitted")
+    cold, records = guided.run(rc, **payload)
+    record = only_record(records)
+    assert record["passes"][0]["resamplers"] == [[2, 2]]
+    assert record["low_calls"] == record["model_calls"]
+    text = infotext(cold)
+    assert "RC resampler: fitted" in text and "RC note" not in text and "RC error" not in text, text
+    warm, _ = guided.run(rc, **payload)
+    pooled, _ = guided.run(EVERY_CALL, **payload)
+    assert warm["images"] == cold["images"] != pooled["images"]
+    assert disabled_image(guided, **payload) == before

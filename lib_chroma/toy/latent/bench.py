@@ -142,7 +142,7 @@ def tile(imgs: torch.Tensor, cols: int = 8) -> Any:
 
 
 #: The resamplers file ``space=resampled`` rows use (``None``: the shipped one).
-RESAMPLERS: dict[str, Path | None] = {"path": None}
+RESAMPLERS: dict[str, str | Path | None] = {"path": None}
 #: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
 SAMPLES: dict[str, Any] = {"dir": None, "count": 16}
 
@@ -322,7 +322,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
         plan = make_plan(m, steps, sampler, spec)
         unet.reset()
         t0 = time.time()
-        rsm = latent_resamplers.load(RESAMPLERS["path"]) if spec.get("space") == "resampled" else None
+        rsm = latent_resamplers.load(RESAMPLERS["path"], model) if spec.get("space") == "resampled" else None
         z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
                              batch=batch, pixel_space=spec.get("space") == "pixel", resamplers=rsm)
         row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag)
@@ -336,7 +336,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
             label = f"{base}, {what}"
             if any(t in label for t in skip):
                 continue
-            rsm = latent_resamplers.load(RESAMPLERS["path"]) if what.startswith("fitted") else None
+            rsm = latent_resamplers.load(RESAMPLERS["path"], model) if what.startswith("fitted") else None
             unet.reset()
             t0 = time.time()
             z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
@@ -464,8 +464,9 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="leave out guided and peer rows whose label contains TEXT (repeatable)")
     p.add_argument("--quick", action="store_true", help="8 samples, 2x, 6 steps (CI smoke run)")
     p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--resamplers", type=Path, default=None,
-                   help="the fitted resamplers of space=resampled rows (default: the shipped ones)")
+    p.add_argument("--resamplers", default=None,
+                   help="the fitted resamplers of space=resampled rows: a file (default: the shipped ones) or "
+                        "'dead-leaves' (fitted to the autoencoder without the model's data, as the WebUI does)")
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

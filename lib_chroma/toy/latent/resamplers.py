@@ -97,9 +97,25 @@ def _fit_scales(pairs: list[tuple[torch.Tensor, torch.Tensor]], m: int) -> Laten
     return fit_resampler(torch.cat(bigs), torch.cat(smalls), (m, m), PAD_DOWN, PAD_UP)
 
 
-def load(path: str | Path | None = None) -> dict[tuple[int, int], LatentResampler]:
-    """The shipped resamplers (or those at ``path``)."""
-    return load_resamplers(path if path is not None else DEFAULT_RESAMPLERS)
+#: ``load``'s name for resamplers fitted without the model's data (:mod:`lib_chroma.encoder_fit`), as the WebUI does
+DEAD_LEAVES = "dead-leaves"
+_GENERIC: dict[int, dict[tuple[int, int], LatentResampler]] = {}
+
+
+def load(path: str | Path | None = None, model: LatentModel | None = None,
+         factors: tuple[int, ...] = (2, 3)) -> dict[tuple[int, int], LatentResampler]:
+    """The shipped resamplers, those at ``path``, or (``path`` = :data:`DEAD_LEAVES`) the resamplers the WebUI would
+    fit to ``model``'s encoder from dead-leaves images (:func:`lib_chroma.encoder_fit.fit_to_encoder`, ``f = 4``:
+    64 and 128 px pairs at 2x; fitted once per model and kept)."""
+    if str(path) != DEAD_LEAVES:
+        return load_resamplers(path if path is not None else DEFAULT_RESAMPLERS)
+    if model is None:
+        raise ValueError(f"model: resamplers {DEAD_LEAVES!r} are fitted to a model's encoder; none given")
+    if id(model) not in _GENERIC:
+        from lib_chroma.encoder_fit import fit_to_encoder
+
+        _GENERIC[id(model)] = {(m, m): fit_to_encoder(model.ae.encode, (m, m), f=4) for m in factors}
+    return _GENERIC[id(model)]
 
 
 def fit_main(model: LatentModel, out: Path = DEFAULT_RESAMPLERS) -> int:
