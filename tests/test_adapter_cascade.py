@@ -77,6 +77,7 @@ def run_cascade(h, p, args, inner, batch=1):
             x = x + (x - d) / s * (float(sig[i + 1]) - s)
     p.is_hr_pass = False
     a.on_postprocess(p)
+    seen["out"] = x
     return seen
 
 
@@ -138,6 +139,23 @@ def test_debug_record_shows_the_stop_and_the_calls(web, monkeypatch, tmp_path):
     per = 2 * 64 * 64
     assert rec["pixel_evals"] == per * (cas["stage_calls"][0] + 4 * cas["stage_calls"][1] + rec["low_calls"])
     assert rec["model_seconds"] > 0
+
+
+def test_fitted_resamplers_guide_the_hires_pass(web, monkeypatch, tmp_path):
+    import json
+
+    from lib_chroma.webui import vae_resamplers
+
+    vae_resamplers.clear()
+    monkeypatch.setattr("lib_chroma.encoder_fit.FIT_IMAGES", 16)
+    log = tmp_path / "rc.jsonl"
+    monkeypatch.setenv(web.a1111.DEBUG_LOG_ENV, str(log))
+    seen = run_cascade(web, cascade_p(web), [{"cascade": True, "resampler": "fitted"}], Inner())
+    first, hires = json.loads(log.read_text().splitlines()[0])["passes"]
+    assert first["resamplers"] is None and hires["resamplers"] == [[2, 2]]
+    pooled = run_cascade(web, cascade_p(web), [{"cascade": True}], Inner())
+    assert torch.equal(seen["first_out"], pooled["first_out"])  # the native pass is not guided
+    assert seen["hires"] == pooled["hires"] and not torch.equal(seen["out"], pooled["out"])
 
 
 @pytest.mark.parametrize("case,kw,why", [

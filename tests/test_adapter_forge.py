@@ -459,3 +459,21 @@ def test_deep_shrink_input_block_patches_stay_out_of_the_low_res_call(web):
     assert len(full) == 2 and all(f == patches for f in full)
     assert len(low) == 2 and all(p == {"output_block_patch": ["up"], "attn1_patch": ["a1"]} for p in low)
     assert engine.forge_objects.unet.model_options["transformer_options"]["patches"] == patches
+
+
+def test_fitted_resamplers_through_forges_vae(web, monkeypatch, tmp_path):
+    """``resampler = fitted`` in Forge: fitted to ``forge_objects.vae``'s module, used in the pass, the image
+    differs from pooling's."""
+    from lib_chroma.webui import vae_resamplers
+
+    vae_resamplers.clear()
+    monkeypatch.setattr("lib_chroma.encoder_fit.FIT_IMAGES", 16)
+    monkeypatch.setenv("RC_DEBUG_LOG", str(tmp_path / "rc.jsonl"))
+    engine = Engine(KModel())
+    engine.forge_objects.vae = types.SimpleNamespace(first_stage_model=fake_webui.FakeVAE())
+    p, fitted = generate(web, engine, [dict(EVERY_CALL, resampler="fitted")], size=(32, 32))
+    assert json.loads(p.extra_generation_params["RC debug"])["passes"][0]["resamplers"] == [[2, 2]]
+    assert "RC note" not in p.extra_generation_params
+    assert engine.forge_objects.vae.first_stage_model.encodes == 2 * 16
+    _, pooled = generate(web, Engine(KModel()), [EVERY_CALL], size=(32, 32))
+    assert not torch.equal(fitted, pooled)

@@ -172,7 +172,8 @@ def _cascade_pass(st: Generation, p: Any, x: torch.Tensor, hires: bool, noise: t
         handed = CH.handover_noise(st.handover, noise, stage.start, setup.plan.stages[0].stop, setup.factor)
         st.handover = None
     factor = setup.factor if hires else (1, 1)
-    st.current = PassPlan(hires, plan, factor, (lh, lw), [float(v) for v in stage.sigmas])
+    rsm = G.fitted_resamplers(p, plan) if plan.enabled and st.settings.resampler == "fitted" else None
+    st.current = PassPlan(hires, plan, factor, (lh, lw), [float(v) for v in stage.sigmas], resamplers=rsm)
     if hires:
         g = stage.guided_user_steps()
         p.extra_generation_params["RC guided steps"] = (
@@ -181,7 +182,7 @@ def _cascade_pass(st: Generation, p: Any, x: torch.Tensor, hires: bool, noise: t
     if st.debug is not None:
         if not hires:
             st.debug["cascade"] = CH.debug_plan(setup)
-        st.debug["passes"].append(CH.debug_pass(stage, plan, factor, (lh, lw), handed))
+        st.debug["passes"].append(CH.debug_pass(stage, plan, factor, (lh, lw), handed, rsm))
 
 
 def _is_timestep_denoiser(denoiser: Any) -> bool:

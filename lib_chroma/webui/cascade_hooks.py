@@ -160,8 +160,8 @@ def debug_plan(setup: CS.CascadeSetup) -> dict[str, Any]:
 
 
 def debug_pass(stage: Stage, plan: GuidancePlan, factor: tuple[int, int], latent: tuple[int, int],
-               handover: str | None) -> dict[str, Any]:
-    """A debug record ``passes`` entry of a cascade pass."""
+               handover: str | None, resamplers: dict | None = None) -> dict[str, Any]:
+    """A debug record ``passes`` entry of a cascade pass (``resamplers``: the fitted ones it uses, by factor)."""
     sigmas = [float(v) for v in stage.sigmas]
     win = plan.window_steps(sigmas) if plan.enabled else None
     out = {
@@ -173,6 +173,7 @@ def debug_pass(stage: Stage, plan: GuidancePlan, factor: tuple[int, int], latent
         "window": None if win is None else list(win),
         "weights": [plan.weight(0, v) for v in sigmas[:-1]],
         "user_steps": list(stage.user_steps),
+        "resamplers": None if resamplers is None else [list(k) for k in resamplers],
     }
     if handover is not None:
         out["handover"] = handover

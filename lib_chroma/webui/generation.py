@@ -410,7 +410,7 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
         return None
     if not plan.enabled:
         return None
-    rsm = _fitted_resamplers(p, plan) if s.resampler == "fitted" else None
+    rsm = fitted_resamplers(p, plan) if s.resampler == "fitted" else None
     st.current = PassPlan(hires, plan, factor, (lh, lw), sigmas, resamplers=rsm)
     win = plan.window_steps(sigmas) if sigmas else None
     if not hires and sigmas:
@@ -435,7 +435,7 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
     return st.current
 
 
-def _fitted_resamplers(p: Any, plan: GuidancePlan) -> dict | None:
+def fitted_resamplers(p: Any, plan: GuidancePlan) -> dict | None:
     """The loaded VAE's fitted resamplers for ``plan``'s levels, or None (average pooling, with an ``RC note``)
     when they cannot be fitted."""
     try:

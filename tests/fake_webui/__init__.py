@@ -216,7 +216,7 @@ class FakeVAE(torch.nn.Module):
 def _images_tensor_to_samples(image, approximation=None, model=None):
     """``image`` in [0, 1] -> latents through ``model.first_stage_model``, plus posterior noise from the global
     generator (as A1111's ``get_first_stage_encoding`` samples the posterior)."""
-    vae = model.first_stage_model
+    vae = getattr(model, "first_stage_model", None) or model.forge_objects.vae.first_stage_model  # A1111 / Forge
     vae.encodes += len(image)
     with torch.no_grad():
         z = vae.conv(image * 2 - 1)

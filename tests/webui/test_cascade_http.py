@@ -237,6 +237,24 @@ def test_model_time_at_512(cascading: Cascading) -> None:
     assert ratio == pytest.approx(rows[0][0]["cascade"]["rel_pixel_evals"], rel=0.02) and ratio < 1
 
 
+@A1111_ONLY
+def test_cascade_with_fitted_resamplers(cascading: Cascading) -> None:
+    """Cascade and ``resampler = fitted``: the hires pass is guided with the VAE's fitted 2×2 resamplers (the
+    unguided native pass needs none), the calls are as planned, the infotext says so, the image differs from the
+    pooled cascade's and repeats bit for bit."""
+    rc = dict(CASCADE, resampler="fitted")
+    body, records = cascading.run(rc, sampler_name="DPM++ 2M", scheduler="Karras")
+    record = only_record(records)
+    check_cascade(record, "DPM++ 2M", "Karras")
+    first, hires = record["passes"][:2]
+    assert first.get("resamplers") is None and hires["resamplers"] == [[2, 2]]
+    text = infotext(body)
+    assert "RC resampler: fitted" in text and "RC note" not in text and "RC error" not in text, text
+    pooled, _ = cascading.run(CASCADE, sampler_name="DPM++ 2M", scheduler="Karras")
+    again, _ = cascading.run(rc, sampler_name="DPM++ 2M", scheduler="Karras")
+    assert again["images"] == body["images"] != pooled["images"]
+
+
 @pytest.mark.skipif(not kit.is_forge(), reason="Forge only (in A1111 the cascade runs)")
 def test_forge_steps_aside(cascading: Cascading) -> None:
     """Forge samples its passes through its own backend: the request stays one guided pass at the size asked
