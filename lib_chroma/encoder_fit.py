@@ -133,5 +133,8 @@ def fit_to_encoder(
     if big.shape[-2:] != (latent * mh, latent * mw) or small.shape[-2:] != (latent, latent):
         raise ValueError(f"encode: expected latents of {latent * mh}x{latent * mw} and {latent}x{latent} "
                          f"(f = {f}), got {tuple(big.shape[-2:])} and {tuple(small.shape[-2:])}")
+    if not (torch.isfinite(big).all() and torch.isfinite(small).all()):
+        # e.g. an SDXL VAE in half precision overflowing: a fit on NaN would turn every guided image black
+        raise ValueError("encode: returned non-finite latents (a half-precision VAE that overflows?)")
     info = {"images": "dead leaves", "n": n, "seed": seed, "px": [latent * mh * f, latent * mw * f], "f": f}
     return fit_resampler(big, small, (mh, mw), PAD_DOWN, PAD_UP, info=info)

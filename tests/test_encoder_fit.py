@@ -65,3 +65,13 @@ def test_fit_to_encoder_beats_pooling_on_images_it_never_saw(factor):
 def test_fit_to_encoder_names_a_wrong_latent_size():
     with pytest.raises(ValueError, match=r"^encode: expected latents of 16x16 and 8x8 \(f = 8\)"):
         fit_to_encoder(pooling_encoder(4), (2, 2), f=8, n=16, latent=8)
+
+
+def test_fit_to_encoder_refuses_non_finite_latents():
+    def overflowing(x):
+        z = pooling_encoder(8)(x)
+        z[:, :, 0, 0] = float("nan")
+        return z
+
+    with pytest.raises(ValueError, match="^encode: returned non-finite latents"):
+        fit_to_encoder(overflowing, (2, 2), f=8, n=16, latent=4)
