@@ -41,7 +41,6 @@ FIT_IMAGES = 128
 #: the native-size latent side of a fitting pair (16 latent pixels: 128 px at SD's f = 8)
 FIT_LATENT = 16
 TEXTURE_AMP = 0.12
-PAD_DOWN, PAD_UP = 2, 2
 
 
 def _noise_1f(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -117,7 +116,7 @@ def fit_to_encoder(
     """Fit the :class:`~lib_chroma.resampler.LatentResampler` of ``factor`` to ``encode`` (images ``(B, 3, H, W)``
     in ``[-1, 1]``, float32 on the CPU, -> latents ``(B, C, H/f, W/f)``, the sampler's latent space): ``n``
     dead-leaves images of ``(latent m_h f, latent m_w f)`` px, the same resized to ``(latent f, latent f)`` px,
-    encoded ``chunk`` at a time; least squares with ``p = r = 2``."""
+    encoded ``chunk`` at a time; least squares with ``fit_resampler``'s ``p = r = 2``."""
     mh, mw = (check_int("factor", int(v), 1, 8) for v in factor)
     check_int("f", f, 1, 64)
     check_int("latent", latent, 4, 256)
@@ -137,4 +136,4 @@ def fit_to_encoder(
         # e.g. an SDXL VAE in half precision overflowing: a fit on NaN would turn every guided image black
         raise ValueError("encode: returned non-finite latents (a half-precision VAE that overflows?)")
     info = {"images": "dead leaves", "n": n, "seed": seed, "px": [latent * mh * f, latent * mw * f], "f": f}
-    return fit_resampler(big, small, (mh, mw), PAD_DOWN, PAD_UP, info=info)
+    return fit_resampler(big, small, (mh, mw), info=info)

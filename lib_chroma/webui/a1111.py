@@ -172,7 +172,7 @@ def _cascade_pass(st: Generation, p: Any, x: torch.Tensor, hires: bool, noise: t
         handed = CH.handover_noise(st.handover, noise, stage.start, setup.plan.stages[0].stop, setup.factor)
         st.handover = None
     factor = setup.factor if hires else (1, 1)
-    rsm = G.fitted_resamplers(p, plan) if plan.enabled and st.settings.resampler == "fitted" else None
+    rsm = G.fitted_resamplers(p, st.settings, plan)
     st.current = PassPlan(hires, plan, factor, (lh, lw), [float(v) for v in stage.sigmas], resamplers=rsm)
     if hires:
         g = stage.guided_user_steps()

@@ -48,6 +48,7 @@ from lib_chroma.schedule import (
     sampler_info,
     sampler_sigmas,
 )
+from lib_chroma.webui import vae_resamplers
 
 log = logging.getLogger("resolution_chromatography")
 
@@ -410,7 +411,7 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
         return None
     if not plan.enabled:
         return None
-    rsm = fitted_resamplers(p, plan) if s.resampler == "fitted" else None
+    rsm = fitted_resamplers(p, s, plan)
     st.current = PassPlan(hires, plan, factor, (lh, lw), sigmas, resamplers=rsm)
     win = plan.window_steps(sigmas) if sigmas else None
     if not hires and sigmas:
@@ -435,12 +436,12 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
     return st.current
 
 
-def fitted_resamplers(p: Any, plan: GuidancePlan) -> dict | None:
-    """The loaded VAE's fitted resamplers for ``plan``'s levels, or None (average pooling, with an ``RC note``)
-    when they cannot be fitted."""
+def fitted_resamplers(p: Any, s: S.RCSettings, plan: GuidancePlan) -> dict | None:
+    """The loaded VAE's fitted resamplers for ``plan``'s levels when ``s.resampler`` is ``fitted`` and the plan
+    guides; None otherwise (average pooling), and None with an ``RC note`` when they cannot be fitted."""
+    if s.resampler != "fitted" or not plan.enabled:
+        return None
     try:
-        from lib_chroma.webui import vae_resamplers
-
         vae, encode = vae_resamplers.host_encoder(getattr(p, "sd_model", None) or shared.sd_model)
         return vae_resamplers.resamplers_for(plan.levels, vae, encode)
     except Exception as e:  # noqa: BLE001 - guidance still runs, with pooling
