@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import torch
 
@@ -703,15 +704,25 @@ def test_fitted_resamplers_are_fitted_once_per_vae_and_change_the_guidance(web, 
     again = run(web, make_p(web), args, Inner(), size=(32, 32))
     after_warm = torch.rand(3)
     assert vae.encodes == 2 * 16 and torch.equal(again, fitted)
+    # a restarted WebUI (memory cleared) loads the fit from the cache dir: no encoding, the same image
+    files = sorted(Path(web.cache.cache_dir, "resolution-chromatography").glob("*.safetensors"))
+    assert len(files) == 1
     vae_resamplers.clear()
+    loaded = run(web, make_p(web), args, Inner(), size=(32, 32))
+    assert vae.encodes == 2 * 16 and torch.equal(loaded, fitted)
+    # fitted cold again (memory and file gone): same image, the generation's generator untouched
+    vae_resamplers.clear()
+    files[0].unlink()
     torch.manual_seed(5)
     cold = run(web, make_p(web), args, Inner(), size=(32, 32))
+    assert vae.encodes == 4 * 16
     assert torch.equal(cold, fitted) and torch.equal(torch.rand(3), after_warm)
     # another VAE (loaded into the model in place of this one) is fitted anew
     web.shared.sd_model.first_stage_model = fake_webui.FakeVAE(seed=1)
     other = run(web, make_p(web), args, Inner(), size=(32, 32))
     assert web.shared.sd_model.first_stage_model.encodes == 2 * 16
     assert not torch.equal(other, fitted)
+    assert len(list(files[0].parent.glob("*.safetensors"))) == 2  # one file per VAE
 
 
 def test_fitted_resamplers_that_cannot_be_fitted_fall_back_to_pooling_and_say_so(web):

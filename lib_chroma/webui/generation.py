@@ -443,7 +443,7 @@ def fitted_resamplers(p: Any, s: S.RCSettings, plan: GuidancePlan) -> dict | Non
         return None
     try:
         vae, encode = vae_resamplers.host_encoder(getattr(p, "sd_model", None) or shared.sd_model)
-        return vae_resamplers.resamplers_for(plan.levels, vae, encode)
+        return vae_resamplers.resamplers_for(plan.levels, vae, encode, cache_dir=vae_resamplers.host_cache_dir())
     except Exception as e:  # noqa: BLE001 - guidance still runs, with pooling
         note(p, f"fitted resamplers unavailable ({type(e).__name__}: {e}); average pooling used")
         return None

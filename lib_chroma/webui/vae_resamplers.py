@@ -2,7 +2,9 @@
 
 :func:`lib_chroma.encoder_fit.fit_to_encoder` runs once per VAE and level factor on the first guided pass that
 needs it, through the host's own encoder (``sd_samplers_common.images_tensor_to_samples`` with the full VAE, the
-path img2img and hires fix take), and is kept for the session. The VAE is recognised by its weights (a
+path img2img and hires fix take), and is kept for the session and on disk (:func:`host_cache_dir`, one small
+safetensors file per VAE, factor and fit recipe), so a restarted WebUI loads it instead of fitting again (the fit
+takes seconds on a GPU, minutes with a full-size VAE on a CPU). The VAE is recognised by its weights (a
 checksum), not by the module's identity: A1111 loads another VAE into the same module.
 
 The fit draws no random numbers from the generation: it runs inside ``torch.random.fork_rng`` with a fixed seed
@@ -12,16 +14,19 @@ resamplers and the seed's image stays the same.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lib_chroma import encoder_fit
 from lib_chroma.guidance import Factor
-from lib_chroma.resampler import LatentResampler
+from lib_chroma.resampler import LatentResampler, load_resamplers, save_resamplers
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 _CACHE: dict[tuple[Any, Factor], LatentResampler] = {}
 #: the seed of the fit's own random numbers (the VAE's posterior sampling)
 FIT_RNG_SEED = 0
+#: part of every cache file's name: raise it when the fit's recipe changes in a way the name does not show
+CACHE_VERSION = 1
 
 
 def vae_checksum(vae: torch.nn.Module) -> tuple[float, ...]:
@@ -48,15 +55,58 @@ def _devices(t: torch.nn.Module) -> list[int]:
     return [dev.index or 0] if dev.type == "cuda" else []
 
 
+def cache_file(cache_dir: str | Path, key: tuple[float, ...], factor: Factor, vae: torch.nn.Module,
+               f: int) -> Path:
+    """The cache file of a fit: named by a hash of everything the fitted weights depend on (the VAE's checksum,
+    dtype and device type, the factor, ``f`` and the fit's recipe: images, seed, latent size, rng seed)."""
+    try:
+        p = next(vae.parameters())
+        where = (str(p.dtype), p.device.type)
+    except StopIteration:
+        where = ("", "")
+    recipe = (CACHE_VERSION, key, where, tuple(factor), f, encoder_fit.FIT_IMAGES, encoder_fit.FIT_LATENT,
+              encoder_fit.DEAD_LEAVES_SEED, FIT_RNG_SEED)
+    digest = hashlib.sha256(repr(recipe).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"vae-{digest}-{factor[0]}x{factor[1]}.safetensors"
+
+
+def _load_file(path: Path, factor: Factor) -> LatentResampler | None:
+    if not path.is_file():
+        return None
+    try:
+        return load_resamplers(path)[factor]
+    except Exception as e:  # noqa: BLE001 - a damaged file is fitted again and replaced
+        log.warning("Resolution Chromatography: could not read %s (%s: %s); fitting again", path,
+                    type(e).__name__, e)
+        return None
+
+
+def _save_file(path: Path, rs: LatentResampler) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            save_resamplers({rs.factor: rs}, tmp)
+            os.replace(tmp, path)  # whole files only: a reader never sees half of one
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except Exception as e:  # noqa: BLE001 - the fit is still used; it is only not kept on disk
+        log.warning("Resolution Chromatography: could not save the fitted resamplers to %s (%s: %s)", path,
+                    type(e).__name__, e)
+
+
 def resamplers_for(
     levels: list[Factor],
     vae: torch.nn.Module,
     encode: Callable[[torch.Tensor], torch.Tensor],
     f: int = 8,
+    cache_dir: str | Path | None = None,
 ) -> dict[Factor, LatentResampler]:
-    """The fitted resampler of every distinct level factor in ``levels`` for ``vae`` (fitted now if not cached);
-    ``encode`` maps images in ``[-1, 1]`` (float32, CPU) to the sampler's latents. Raises whatever the fit
-    raises (the caller falls back to pooling)."""
+    """The fitted resampler of every distinct level factor in ``levels`` for ``vae``: from the session's memory,
+    else from ``cache_dir`` (:func:`cache_file`), else fitted now and saved there; ``encode`` maps images in
+    ``[-1, 1]`` (float32, CPU) to the sampler's latents. Raises whatever the fit raises (the caller falls back to
+    pooling); a cache file that cannot be read or written only costs a fit."""
     key = vae_checksum(vae)
     out: dict[Factor, LatentResampler] = {}
     for lv in levels:
@@ -64,15 +114,33 @@ def resamplers_for(
         if lv in out:
             continue
         if (key, lv) not in _CACHE:
-            t0 = time.perf_counter()
-            with torch.random.fork_rng(devices=_devices(vae)):
-                torch.manual_seed(FIT_RNG_SEED)
-                rs = encoder_fit.fit_to_encoder(encode, lv, f=f, n=encoder_fit.FIT_IMAGES)
-            log.warning("Resolution Chromatography: fitted %dx%d resamplers to the VAE (dead leaves, %d images) "
-                        "in %.1f s", lv[0], lv[1], rs.info.get("n", 0), time.perf_counter() - t0)
+            path = None if cache_dir is None else cache_file(cache_dir, key, lv, vae, f)
+            rs = None if path is None else _load_file(path, lv)
+            if rs is None:
+                t0 = time.perf_counter()
+                with torch.random.fork_rng(devices=_devices(vae)):
+                    torch.manual_seed(FIT_RNG_SEED)
+                    rs = encoder_fit.fit_to_encoder(encode, lv, f=f, n=encoder_fit.FIT_IMAGES)
+                log.warning("Resolution Chromatography: fitted %dx%d resamplers to the VAE (dead leaves, %d images) "
+                            "in %.1f s%s", lv[0], lv[1], rs.info.get("n", 0), time.perf_counter() - t0,
+                            "" if path is None else f"; saved to {path}")
+                if path is not None:
+                    _save_file(path, rs)
             _CACHE[(key, lv)] = rs
         out[lv] = _CACHE[(key, lv)]
     return out
+
+
+def host_cache_dir() -> Path | None:
+    """Where the fits are kept on disk: ``<the WebUI's cache dir>/resolution-chromatography`` (A1111's and
+    Forge's ``modules.cache.cache_dir``: ``<data dir>/cache`` unless ``SD_WEBUI_CACHE_DIR`` says otherwise);
+    None (memory only) where the host has none."""
+    try:
+        from modules import cache
+
+        return Path(cache.cache_dir) / "resolution-chromatography"
+    except Exception:  # noqa: BLE001 - an older or unusual host: keep the fits for the session only
+        return None
 
 
 def host_encoder(sd_model: Any) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
@@ -94,5 +162,5 @@ def host_encoder(sd_model: Any) -> tuple[torch.nn.Module, Callable[[torch.Tensor
 
 
 def clear() -> None:
-    """Forget every fitted resampler (tests)."""
+    """Forget every fitted resampler of the session (tests); cache files stay."""
     _CACHE.clear()

@@ -1,8 +1,9 @@
 """A stand-in for the few A1111 WebUI modules the adapter touches — written for these tests, not WebUI code.
 
 ``install()`` registers module objects named ``modules``, ``modules.shared``, ``modules.script_callbacks``,
-``modules.sd_samplers_timesteps`` and ``modules.sd_samplers_common`` in ``sys.modules`` (no directory named
-``modules`` exists anywhere in this repository); ``uninstall()`` removes them.
+``modules.sd_samplers_timesteps``, ``modules.sd_samplers_common`` and ``modules.cache`` (its ``cache_dir`` a fresh
+temporary directory) in ``sys.modules`` (no directory named ``modules`` exists anywhere in this repository);
+``uninstall()`` removes them and that directory.
 
 :class:`FakeCFGDenoiser` follows the documented behaviour of A1111 v1.10's ``CFGDenoiser.forward`` (see
 ``shared/reference/a1111-extension-api.md`` §4): cond rows (one per ``AND`` part) then uncond rows, the
@@ -13,7 +14,9 @@ calls when token lengths differ, the ``on_cfg_denoised`` callback on ``x_out``, 
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ NAMES = (
     "modules.script_callbacks",
     "modules.sd_samplers_timesteps",
     "modules.sd_samplers_common",
+    "modules.cache",
 )
 
 
@@ -256,19 +260,25 @@ def install(**opts: Any) -> types.SimpleNamespace:
     common = types.ModuleType("modules.sd_samplers_common")
     common.setup_img2img_steps = _setup_img2img_steps
     common.images_tensor_to_samples = _images_tensor_to_samples
-    for name, mod in zip(NAMES, (pkg, shared, sc, ts, common)):
+    cache = types.ModuleType("modules.cache")
+    cache.cache_dir = tempfile.mkdtemp(prefix="fake-webui-cache-")
+    for name, mod in zip(NAMES, (pkg, shared, sc, ts, common, cache)):
         sys.modules[name] = mod
-    pkg.shared, pkg.script_callbacks, pkg.sd_samplers_timesteps, pkg.sd_samplers_common = (
+    pkg.shared, pkg.script_callbacks, pkg.sd_samplers_timesteps, pkg.sd_samplers_common, pkg.cache = (
         shared,
         sc,
         ts,
         common,
+        cache,
     )
-    return types.SimpleNamespace(shared=shared, script_callbacks=sc, timesteps=ts, common=common)
+    return types.SimpleNamespace(shared=shared, script_callbacks=sc, timesteps=ts, common=common, cache=cache)
 
 
 def uninstall() -> None:
-    """Remove the stand-in modules and every module of the adapter that imported them."""
+    """Remove the stand-in modules, their cache directory and every module of the adapter that imported them."""
+    cache = sys.modules.get("modules.cache")
+    if cache is not None and getattr(cache, "cache_dir", "").startswith(tempfile.gettempdir()):
+        shutil.rmtree(cache.cache_dir, ignore_errors=True)
     for name in list(sys.modules):
         if name in NAMES or name.startswith("lib_chroma.webui"):
             del sys.modules[name]

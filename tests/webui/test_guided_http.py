@@ -273,8 +273,8 @@ def test_moving_grid_other_families(guided: Guided, model: str) -> None:
 def test_fitted_resamplers_in_every_family(guided: Guided, model: str) -> None:
     """``resampler = fitted``: resamplers fitted to the checkpoint's own VAE on the first request (the debug record
     names the level they serve), the infotext says so, the image differs from pooling's; the next request, with
-    the fit cached, gives the same image bit for bit (the fit takes nothing from the seed's random numbers), and a
-    disabled request afterwards equals one made before."""
+    the fit cached, gives the same image bit for bit (the fit takes nothing from the seed's random numbers), the
+    fit is saved in the WebUI's cache dir, and a disabled request afterwards equals one made before."""
     if model not in guided.server.checkpoints:
         pytest.skip(kit.not_built(model))
     payload: dict[str, Any] = {"sampler_name": "Euler a", "seed": 11,
@@ -287,7 +287,35 @@ def test_fitted_resamplers_in_every_family(guided: Guided, model: str) -> None:
     assert record["low_calls"] == record["model_calls"]
     text = infotext(cold)
     assert "RC resampler: fitted" in text and "RC note" not in text and "RC error" not in text, text
+    # kept in the WebUI's cache dir (--data-dir/cache), one file per VAE and factor, for the next start
+    saved = sorted((guided.server.data_dir / "cache" / "resolution-chromatography").glob("*-2x2.safetensors"))
+    assert saved, "no fitted resamplers in the WebUI's cache dir"
     warm, _ = guided.run(rc, **payload)
     pooled, _ = guided.run(EVERY_CALL, **payload)
     assert warm["images"] == cold["images"] != pooled["images"]
     assert disabled_image(guided, **payload) == before
+
+
+def test_fitted_resamplers_are_loaded_after_a_restart(start_webui: Any, kit_dir: Path) -> None:
+    """The fit is kept in the WebUI's cache dir (here ``SD_WEBUI_CACHE_DIR``): a second server with the same cache
+    dir fits nothing (no "fitted" line in its log) and gives the first server's image bit for bit."""
+    import shutil
+
+    cache = kit_dir / "rc-cache-restart"
+    shutil.rmtree(cache, ignore_errors=True)
+    payload: dict[str, Any] = {"sampler_name": "Euler a", "seed": 11, "steps": STEPS,
+                               "alwayson_scripts": {TITLE: {"args": [dict(EVERY_CALL, resampler="fitted")]}}}
+    images, logs = [], []
+    for _ in range(2):
+        server = start_webui(ckpt="sd1", env={"SD_WEBUI_CACHE_DIR": str(cache)})
+        try:
+            body = server.txt2img(**payload)
+            assert "RC note" not in infotext(body) and "RC resampler: fitted" in infotext(body)
+            images.append(body["images"])
+            logs.append(server.log_path.read_text(encoding="utf-8", errors="replace"))
+        finally:
+            server.stop()
+    saved = list((cache / "resolution-chromatography").glob("*-2x2.safetensors"))
+    assert len(saved) == 1
+    assert "fitted 2x2 resamplers" in logs[0] and "fitted 2x2 resamplers" not in logs[1], logs[1][-2000:]
+    assert images[0] == images[1]
