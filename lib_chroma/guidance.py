@@ -468,7 +468,11 @@ def _guide(
     else:
         corr = rs.up(d_low - den_down, size, off, bias=False)
     wt = w.to(device=denoised.device, dtype=denoised.dtype).view(-1, *([1] * (denoised.dim() - 1)))
-    return denoised + wt * corr
+    out = denoised + wt * corr
+    if rs is not None and rs.keep != 1.0:  # damp the residual the re-pooled code does not explain, where guided
+        resid = denoised - rs.up(den_down, size, off)
+        out = out - (1.0 - rs.keep) * (wt != 0).to(out.dtype) * resid
+    return out
 
 
 def _check_inputs(x: torch.Tensor, sigma: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -500,8 +504,9 @@ def guide_x0(
     one call: cond and uncond together). ``phase``: the index of this model call in its pass, which places the
     moving grid (ignored by the fixed grid). ``resamplers``: fitted latent resamplers by level factor
     (:mod:`lib_chroma.resampler`), used instead of ``pool`` / ``unpool`` (and ``plan.operator``) at the levels
-    whose factor they cover. Returns a new tensor; exactly one ``denoise_low`` call per level with non-zero
-    weight, none outside the window."""
+    whose factor they cover; a resampler's ``keep`` < 1 also damps the residual its fit does not explain.
+    Returns a new tensor; exactly one ``denoise_low`` call per level with non-zero weight, none outside the
+    window."""
     s = _check_inputs(x, torch.as_tensor(sigma), denoised)
     if not plan.enabled:
         return denoised

@@ -17,7 +17,14 @@ Both place their blocks exactly as :func:`lib_chroma.guidance.pool` and :func:`~
 Guidance uses them as in :func:`lib_chroma.guidance.guide_x0` (``resamplers``): the low-resolution call sees
 ``D(x) + down(denoised) - D(denoised)`` (the noise pooled exactly, as the model expects at ``sigma / m``; the
 signal re-pooled into the code of the pooled image), and the correction is ``w · up_lin(denoised_low -
-down(denoised))`` (``up_lin``: ``up`` without its bias, which cancels in the difference).
+down(denoised))`` (``up_lin``: ``up`` without its bias, which cancels in the difference). With ``keep`` < 1 the
+part of the full-size prediction that its own re-pooled code does not explain through the fit, the residual
+``R = denoised - up(down(denoised))``, is damped as well:
+
+    denoised' = denoised + w · up_lin(denoised_low - down(denoised)) - (1 - keep) · R
+
+(the full-size model's own fine content is what paints native-size features into a large image at low noise;
+docs/theory.md §10).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_chroma.guidance import Factor, _span
-from lib_chroma.validation import check_int
+from lib_chroma.validation import check_int, check_number
 
 __all__ = ["LatentResampler", "fit_resampler", "save_resamplers", "load_resamplers"]
 
@@ -40,7 +47,9 @@ __all__ = ["LatentResampler", "fit_resampler", "save_resamplers", "load_resample
 class LatentResampler:
     """Fitted ``down`` / ``up`` between latents at ``factor`` = (m_h, m_w) times the native size and native
     latents (module docstring). ``w_down`` (C, C, m_h + 2 p, m_w + 2 p), ``b_down`` (C,); ``w_up`` (C m_h m_w,
-    C, 2 r + 1, 2 r + 1), ``b_up`` (C m_h m_w,); ``info``: how it was fitted (free-form, JSON-able)."""
+    C, 2 r + 1, 2 r + 1), ``b_up`` (C m_h m_w,); ``info``: how it was fitted (free-form, JSON-able). ``keep``:
+    how guidance uses it, not part of the fit (not saved): the share of the residual ``R`` it keeps, in [0, 1]
+    (1: none damped)."""
 
     factor: Factor
     w_down: torch.Tensor
@@ -48,6 +57,10 @@ class LatentResampler:
     w_up: torch.Tensor
     b_up: torch.Tensor
     info: Mapping[str, object]
+    keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number("keep", self.keep, 0.0, 1.0)
 
     @property
     def pad_down(self) -> int:

@@ -694,6 +694,7 @@ def test_fitted_resamplers_are_fitted_once_per_vae_and_change_the_guidance(web, 
     fitted = run(web, p, args, Inner(), size=(32, 32))
     rec = json.loads(p.extra_generation_params["RC debug"])
     assert rec["passes"][0]["resamplers"] == [[2, 2]]
+    assert rec["passes"][0]["resampler_keep"] == [vae_resamplers.FITTED_KEEP[(2, 2)]] != [1.0]
     assert p.extra_generation_params["RC resampler"] == "fitted"
     assert "RC note" not in p.extra_generation_params
     assert vae.encodes == 2 * 16  # the dead-leaves pairs, once

@@ -98,6 +98,31 @@ def test_resampled_guidance_sees_resampled_signal_and_exact_noise():
     assert torch.allclose(G.guide_x0(x, s, d, den, pl, 0, {(2, 2): rs2}), out, atol=1e-6)
 
 
+def test_keep_damps_the_residual_the_fit_does_not_explain_only_where_guided():
+    """``keep`` < 1: ``out = den + w up_lin(d_low - down(den)) - (1 - keep) (den - up(down(den)))`` on guided rows;
+    a row outside the window is returned untouched; keep = 1 is the plain rule bit for bit."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(5)
+    rs = LatentResampler((2, 2), torch.randn(4, 4, 4, 4, generator=g) * 0.1, torch.randn(4, generator=g),
+                         torch.randn(16, 4, 3, 3, generator=g) * 0.1, torch.randn(16, generator=g), {})
+    x = torch.randn(2, 4, 9, 8, generator=g)
+    s = torch.tensor([2.0, 0.05])  # the second row lies below the window
+    pl = G.GuidancePlan.build((2, 2), shape="constant", scale=1.5, window="sigma", window_range=(10.0, 0.1))
+    d = den(x, s)
+    plain = G.guide_x0(x, s, d, den, pl, 3, {(2, 2): rs})
+    damped_rs = dataclasses.replace(rs, keep=0.9)
+    damped = G.guide_x0(x, s, d, den, pl, 3, {(2, 2): damped_rs})
+    assert torch.equal(G.guide_x0(x, s, d, den, pl, 3, {(2, 2): dataclasses.replace(rs, keep=1.0)}), plain)
+    off = pl.offset(0, 3)
+    resid = d - rs.up(rs.down(d, off), (9, 8), off)
+    assert torch.allclose(damped[0], plain[0] - 0.1 * resid[0], atol=1e-6)
+    assert torch.equal(damped[1], d[1]) and torch.equal(plain[1], d[1])
+    assert not torch.allclose(damped[0], plain[0], atol=1e-3)
+    with pytest.raises(ValueError, match="keep"):
+        dataclasses.replace(rs, keep=1.5)
+
+
 def test_eps_form_with_resamplers_equals_x0_form():
     from lib_chroma.schedule import model_schedule
 
@@ -105,7 +130,7 @@ def test_eps_form_with_resamplers_equals_x0_form():
     rs = {(2, 2): avg_nearest(2)}
     g = torch.Generator().manual_seed(4)
     rs[(2, 2)] = LatentResampler((2, 2), rs[(2, 2)].w_down + 0.01 * torch.randn(4, 4, 4, 4, generator=g),
-                                 torch.zeros(4), rs[(2, 2)].w_up, torch.zeros(16), {})
+                                 torch.zeros(4), rs[(2, 2)].w_up, torch.zeros(16), {}, keep=0.8)
     t = torch.tensor([500.0])
     sigma = sd.t_to_sigma(t.double())
     x = torch.randn(1, 4, 8, 8, generator=g) * float((1 + sigma**2).sqrt())

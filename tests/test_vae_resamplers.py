@@ -91,3 +91,13 @@ def test_host_cache_dir_is_none_without_a_host(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "modules", None)
     assert V.host_cache_dir() is None
+
+
+def test_each_factor_is_used_with_its_keep_and_the_file_holds_only_the_fit(tmp_path, monkeypatch):
+    enc = Encoder()
+    rs = V.resamplers_for([(2, 2), (3, 3)], enc, enc.encode, cache_dir=tmp_path)
+    assert rs[(2, 2)].keep == V.FITTED_KEEP[(2, 2)] == 0.9 and rs[(3, 3)].keep == 1.0
+    monkeypatch.setitem(V.FITTED_KEEP, (2, 2), 0.5)
+    V.clear()
+    again = V.resamplers_for([(2, 2)], enc, enc.encode, cache_dir=tmp_path)[(2, 2)]
+    assert again.keep == 0.5 and _same(again, rs[(2, 2)]) and enc.encodes == 2 * 16 + 2 * 16

@@ -28,6 +28,7 @@ from lib_chroma import settings as S
 from lib_chroma.cascade import Stage, renoise
 from lib_chroma.guidance import GuidancePlan
 from lib_chroma.webui import cascade_setup as CS
+from lib_chroma.webui import vae_resamplers
 
 __all__ = [
     "hr_sampler",
@@ -173,7 +174,7 @@ def debug_pass(stage: Stage, plan: GuidancePlan, factor: tuple[int, int], latent
         "window": None if win is None else list(win),
         "weights": [plan.weight(0, v) for v in sigmas[:-1]],
         "user_steps": list(stage.user_steps),
-        "resamplers": None if resamplers is None else [list(k) for k in resamplers],
+        **vae_resamplers.record(resamplers),
     }
     if handover is not None:
         out["handover"] = handover

@@ -430,7 +430,7 @@ def plan_pass(p: Any, x: torch.Tensor) -> PassPlan | None:
                 "sigmas": sigmas,
                 "window": None if win is None else list(win),
                 "weights": None if not sigmas else [plan.weight(0, v) for v in sigmas[:-1]],
-                "resamplers": None if rsm is None else [list(k) for k in rsm],
+                **vae_resamplers.record(rsm),
             }
         )
     return st.current

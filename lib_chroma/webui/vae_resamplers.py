@@ -14,6 +14,7 @@ resamplers and the seed's image stays the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 _CACHE: dict[tuple[Any, Factor], LatentResampler] = {}
 #: the seed of the fit's own random numbers (the VAE's posterior sampling)
 FIT_RNG_SEED = 0
+#: the share of the full-size prediction's residual guidance keeps with these resamplers, by level factor
+#: (:mod:`lib_chroma.resampler`; 1 where not listed): 0.9 at 2x, chosen on the latent model's tuning seeds
+#: 6000-6127 (DPM++ 2M and Euler a) and held out on 5000-5127 with three sampler settings (more proper faces and
+#: prompt attributes than keep = 1, at some blockiness); at 3x it lost faces, so 3x keeps 1 (docs/theory.md §10)
+FITTED_KEEP: dict[Factor, float] = {(2, 2): 0.9}
 #: part of every cache file's name: raise it when the fit's recipe changes in a way the name does not show
 CACHE_VERSION = 1
 
@@ -103,8 +109,9 @@ def resamplers_for(
     f: int = 8,
     cache_dir: str | Path | None = None,
 ) -> dict[Factor, LatentResampler]:
-    """The fitted resampler of every distinct level factor in ``levels`` for ``vae``: from the session's memory,
-    else from ``cache_dir`` (:func:`cache_file`), else fitted now and saved there; ``encode`` maps images in
+    """The fitted resampler of every distinct level factor in ``levels`` for ``vae``, used with the ``keep`` of
+    :data:`FITTED_KEEP`: from the session's memory, else from ``cache_dir`` (:func:`cache_file`), else fitted now
+    and saved there; ``encode`` maps images in
     ``[-1, 1]`` (float32, CPU) to the sampler's latents. Raises whatever the fit raises (the caller falls back to
     pooling); a cache file that cannot be read or written only costs a fit."""
     key = vae_checksum(vae)
@@ -127,8 +134,16 @@ def resamplers_for(
                 if path is not None:
                     _save_file(path, rs)
             _CACHE[(key, lv)] = rs
-        out[lv] = _CACHE[(key, lv)]
+        out[lv] = dataclasses.replace(_CACHE[(key, lv)], keep=FITTED_KEEP.get(lv, 1.0))
     return out
+
+
+def record(resamplers: dict[Factor, LatentResampler] | None) -> dict[str, Any]:
+    """The debug record's view of a pass's resamplers: the level factors they serve and their ``keep``."""
+    if resamplers is None:
+        return {"resamplers": None}
+    return {"resamplers": [list(k) for k in resamplers],
+            "resampler_keep": sorted({rs.keep for rs in resamplers.values()})}
 
 
 def host_cache_dir() -> Path | None:

@@ -284,6 +284,7 @@ def test_fitted_resamplers_in_every_family(guided: Guided, model: str) -> None:
     cold, records = guided.run(rc, **payload)
     record = only_record(records)
     assert record["passes"][0]["resamplers"] == [[2, 2]]
+    assert record["passes"][0]["resampler_keep"] == [0.9]
     assert record["low_calls"] == record["model_calls"]
     text = infotext(cold)
     assert "RC resampler: fitted" in text and "RC note" not in text and "RC error" not in text, text

@@ -30,7 +30,8 @@ plan's levels become the factor's levels followed by ``(2, 2)``: the native-size
 the model at half its native size, nested as in :func:`lib_chroma.guidance.guide_x0`); ``space=pixel`` makes the
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
 one level, on the plan's grid); ``space=resampled`` uses the latent resamplers fitted to the autoencoder
-(:mod:`lib_chroma.resampler`, shipped in ``weights/latent_resamplers.safetensors``) for ``D`` and ``U``.
+(:mod:`lib_chroma.resampler`, shipped in ``weights/latent_resamplers.safetensors``) for ``D`` and ``U``
+(``--resamplers dead-leaves``: fitted as the WebUI fits them; ``--resampler-keep K``: used with ``keep = K``).
 
 ``--peers``: the UNet-patching peers (:data:`PEER_ROWS`) with their SD 1.5 defaults for the factor, Deep Shrink
 with the library's default guidance, its low-resolution call bypassing the shrink (as the WebUI adapters do) or
@@ -55,6 +56,7 @@ after another, so wall ratios on a shared machine are indicative only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -141,8 +143,14 @@ def tile(imgs: torch.Tensor, cols: int = 8) -> Any:
     return out
 
 
-#: The resamplers file ``space=resampled`` rows use (``None``: the shipped one).
-RESAMPLERS: dict[str, str | Path | None] = {"path": None}
+#: The resamplers file ``space=resampled`` rows use (``None``: the shipped one) and the ``keep`` they are used with.
+RESAMPLERS: dict[str, Any] = {"path": None, "keep": 1.0}
+
+
+def _resamplers(model: LatentModel) -> dict[tuple[int, int], Any]:
+    rs = latent_resamplers.load(RESAMPLERS["path"], model)
+    keep = float(RESAMPLERS["keep"])
+    return rs if keep == 1.0 else {k: dataclasses.replace(v, keep=keep) for k, v in rs.items()}
 #: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
 SAMPLES: dict[str, Any] = {"dir": None, "count": 16}
 
@@ -322,7 +330,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
         plan = make_plan(m, steps, sampler, spec)
         unet.reset()
         t0 = time.time()
-        rsm = latent_resamplers.load(RESAMPLERS["path"], model) if spec.get("space") == "resampled" else None
+        rsm = _resamplers(model) if spec.get("space") == "resampled" else None
         z = runs.run_txt2img(model, unet, prompts, size, size, steps, seed, cfg=cfg, plan=plan, sampler=sampler,
                              batch=batch, pixel_space=spec.get("space") == "pixel", resamplers=rsm)
         row = _row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag)
@@ -336,7 +344,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
             label = f"{base}, {what}"
             if any(t in label for t in skip):
                 continue
-            rsm = latent_resamplers.load(RESAMPLERS["path"], model) if what.startswith("fitted") else None
+            rsm = _resamplers(model) if what.startswith("fitted") else None
             unet.reset()
             t0 = time.time()
             z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
@@ -467,6 +475,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--resamplers", default=None,
                    help="the fitted resamplers of space=resampled rows: a file (default: the shipped ones) or "
                         "'dead-leaves' (fitted to the autoencoder without the model's data, as the WebUI does)")
+    p.add_argument("--resampler-keep", type=float, default=1.0, metavar="K",
+                   help="the share of the residual the resamplers keep (lib_chroma.resampler; the WebUI's fitted "
+                        "resamplers: 0.9)")
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -476,7 +487,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.weights)
     SAMPLES.update(dir=args.out / "samples", count=args.images)
-    RESAMPLERS["path"] = args.resamplers
+    RESAMPLERS.update(path=args.resamplers, keep=args.resampler_keep)
     n, steps, factors = (8, 6, [2]) if args.quick else (args.n, args.steps, args.factors)
     t0 = time.time()
     if args.prompts:
