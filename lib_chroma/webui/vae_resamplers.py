@@ -38,7 +38,8 @@ FIT_RNG_SEED = 0
 #: the share of the full-size prediction's residual guidance keeps with these resamplers, by level factor
 #: (:mod:`lib_chroma.resampler`; 1 where not listed): 0.9 at 2x, chosen on the latent model's tuning seeds
 #: 6000-6127 (DPM++ 2M and Euler a) and held out on 5000-5127 with three sampler settings (more proper faces and
-#: prompt attributes than keep = 1, at some blockiness); at 3x it lost faces, so 3x keeps 1 (docs/theory.md §10)
+#: prompt attributes than keep = 1, at some blockiness; both 2x2 levels of a nested 4x gained most, measured
+#: after the choice); at 3x it lost faces, so 3x keeps 1 (docs/theory.md §10)
 FITTED_KEEP: dict[Factor, float] = {(2, 2): 0.9}
 #: part of every cache file's name: raise it when the fit's recipe changes in a way the name does not show
 CACHE_VERSION = 1

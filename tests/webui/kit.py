@@ -262,15 +262,17 @@ class WebUI:
             raise HTTPStatusError(status, body, path)
         return body
 
-    def post(self, path: str, payload: Any) -> Any:
+    def post(self, path: str, payload: Any, timeout: float = 300) -> Any:
         """POST JSON; raise :class:`HTTPStatusError` unless it answers 200."""
-        status, body = self.request("POST", path, payload)
+        status, body = self.request("POST", path, payload, timeout=timeout)
         if status != 200:
             raise HTTPStatusError(status, body, path)
         return body
 
-    def txt2img(self, **payload: Any) -> dict[str, Any]:
-        """POST /sdapi/v1/txt2img with small defaults (4 steps, 128x128, seed 1, Euler); return the body.
+    def txt2img(self, request_timeout: float = 300, **payload: Any) -> dict[str, Any]:
+        """POST /sdapi/v1/txt2img with small defaults (4 steps, 128x128, seed 1, Euler); return the body
+        (``request_timeout``: seconds to wait for it, e.g. longer for a request that fits resamplers to a
+        full-size VAE on a CPU).
 
         The body's ``info`` is decoded from its JSON string into a dict. Forge's API quirks are respected: a hires-fix
         request gets ``hr_additional_modules: ["Use same choices"]`` (without it Forge fails with a TypeError) and an
@@ -282,7 +284,7 @@ class WebUI:
         if self.host == "forge" and full.get("enable_hr"):
             full.setdefault("hr_additional_modules", ["Use same choices"])
             full.setdefault("hr_cfg", full.get("cfg_scale", 7.0))
-        body = self.post("/sdapi/v1/txt2img", full)
+        body = self.post("/sdapi/v1/txt2img", full, timeout=request_timeout)
         body["info"] = json.loads(body["info"]) if isinstance(body.get("info"), str) else body.get("info")
         return body
 

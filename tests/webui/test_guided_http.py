@@ -42,6 +42,8 @@ MODEL_CALLS = {
     "UniPC": (lambda n: n + 1, lambda n: n),
 }
 SCHEDULERS = {"DPM++ 2M": "Karras"}
+# A request that fits resamplers: Forge's full-size VAE took 280-290 s on a 2-core CPU (the tiny ones 15-20 s).
+FIT_TIMEOUT = 1200
 
 
 class Guided:
@@ -281,7 +283,7 @@ def test_fitted_resamplers_in_every_family(guided: Guided, model: str) -> None:
                                "override_settings": {"sd_model_checkpoint": f"tiny-{model}"}}
     before = disabled_image(guided, **payload)
     rc = dict(EVERY_CALL, resampler="fitted")
-    cold, records = guided.run(rc, **payload)
+    cold, records = guided.run(rc, request_timeout=FIT_TIMEOUT, **payload)
     record = only_record(records)
     assert record["passes"][0]["resamplers"] == [[2, 2]]
     assert record["passes"][0]["resampler_keep"] == [0.9]
@@ -310,7 +312,7 @@ def test_fitted_resamplers_are_loaded_after_a_restart(start_webui: Any, kit_dir:
     for _ in range(2):
         server = start_webui(ckpt="sd1", env={"SD_WEBUI_CACHE_DIR": str(cache)})
         try:
-            body = server.txt2img(**payload)
+            body = server.txt2img(request_timeout=FIT_TIMEOUT, **payload)
             assert "RC note" not in infotext(body) and "RC resampler: fitted" in infotext(body)
             images.append(body["images"])
             logs.append(server.log_path.read_text(encoding="utf-8", errors="replace"))
