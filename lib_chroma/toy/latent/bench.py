@@ -151,6 +151,8 @@ def _resamplers(model: LatentModel) -> dict[tuple[int, int], Any]:
     rs = latent_resamplers.load(RESAMPLERS["path"], model)
     keep = float(RESAMPLERS["keep"])
     return rs if keep == 1.0 else {k: dataclasses.replace(v, keep=keep) for k, v in rs.items()}
+
+
 #: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
 SAMPLES: dict[str, Any] = {"dir": None, "count": 16}
 
@@ -476,8 +478,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="the fitted resamplers of space=resampled rows: a file (default: the shipped ones) or "
                         "'dead-leaves' (fitted to the autoencoder without the model's data, as the WebUI does)")
     p.add_argument("--resampler-keep", type=float, default=1.0, metavar="K",
-                   help="the share of the residual the resamplers keep (lib_chroma.resampler; the WebUI's fitted "
-                        "resamplers: 0.9)")
+                   help="the share of the residual the resamplers keep, every factor (lib_chroma.resampler; the "
+                        "WebUI's fitted resamplers: 0.9 at 2x2 levels, 1 at 3x)")
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
