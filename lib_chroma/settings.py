@@ -379,9 +379,10 @@ FIELDS: tuple[FieldSpec, ...] = (
         "Resampler (experimental)",
         "RC resampler",
         "pooling: D is average pooling of latents; fitted: D and U are linear maps fitted to the loaded VAE on "
-        "generic (dead-leaves) images at the first use (once per VAE and factor, about 15 s on a CPU), so the "
-        "low-resolution call sees the latent of a smaller image. On the latent reference model it keeps more faces "
-        "proper (0.74 -> 0.84 at 2x) with less texture; not yet measured on SD's VAEs.",
+        "generic (dead-leaves) images at the first use (once per VAE and factor: seconds on a GPU, minutes for a "
+        "full-size VAE on a CPU; kept in the WebUI's cache folder), so the low-resolution call sees the latent of a "
+        "smaller image. On the latent reference model it keeps more faces proper (0.74 -> 0.87 at 2x) with some "
+        "texture lost; not yet measured on SD's VAEs.",
         choices=RESAMPLER_CHOICES,
     ),
 )

@@ -54,23 +54,21 @@ def vae_checksum(vae: torch.nn.Module) -> tuple[float, ...]:
     return tuple(round(float(v), 6) for pair in sums for v in pair)
 
 
-def _devices(t: torch.nn.Module) -> list[int]:
-    try:
-        dev = next(t.parameters()).device
-    except StopIteration:
-        return []
-    return [dev.index or 0] if dev.type == "cuda" else []
+def _first_param(vae: torch.nn.Module) -> torch.Tensor | None:
+    return next(vae.parameters(), None)
+
+
+def _devices(vae: torch.nn.Module) -> list[int]:
+    p = _first_param(vae)
+    return [p.device.index or 0] if p is not None and p.device.type == "cuda" else []
 
 
 def cache_file(cache_dir: str | Path, key: tuple[float, ...], factor: Factor, vae: torch.nn.Module,
                f: int) -> Path:
     """The cache file of a fit: named by a hash of everything the fitted weights depend on (the VAE's checksum,
     dtype and device type, the factor, ``f`` and the fit's recipe: images, seed, latent size, rng seed)."""
-    try:
-        p = next(vae.parameters())
-        where = (str(p.dtype), p.device.type)
-    except StopIteration:
-        where = ("", "")
+    p = _first_param(vae)
+    where = ("", "") if p is None else (str(p.dtype), p.device.type)
     recipe = (CACHE_VERSION, key, where, tuple(factor), f, encoder_fit.FIT_IMAGES, encoder_fit.FIT_LATENT,
               encoder_fit.DEAD_LEAVES_SEED, FIT_RNG_SEED)
     digest = hashlib.sha256(repr(recipe).encode()).hexdigest()[:24]
@@ -112,9 +110,9 @@ def resamplers_for(
 ) -> dict[Factor, LatentResampler]:
     """The fitted resampler of every distinct level factor in ``levels`` for ``vae``, used with the ``keep`` of
     :data:`FITTED_KEEP`: from the session's memory, else from ``cache_dir`` (:func:`cache_file`), else fitted now
-    and saved there; ``encode`` maps images in
-    ``[-1, 1]`` (float32, CPU) to the sampler's latents. Raises whatever the fit raises (the caller falls back to
-    pooling); a cache file that cannot be read or written only costs a fit."""
+    and saved there; ``encode`` maps images in ``[-1, 1]`` (float32, CPU) to the sampler's latents. Raises
+    whatever the fit raises (the caller falls back to pooling); a cache file that cannot be read or written only
+    costs a fit."""
     key = vae_checksum(vae)
     out: dict[Factor, LatentResampler] = {}
     for lv in levels:
