@@ -30,8 +30,11 @@ below its pixels, which no upscale of it contains) would be more than q generate
 
 **Second pass.** ``[sigma_s] + [sigma_j < sigma_s]`` of the user's sequence, so that the step density matches the
 user's schedule; the first user sigma below ``sigma_s`` is merged into ``sigma_s`` (dropped) when it lies less than
-half a user step below it in ``log sigma``. Its guidance is ``GuidancePlan.build(factor, sigmas=<second pass>,
-**guidance)``: the library's defaults unless told otherwise.
+half a user step below it in ``log sigma``. With ``density`` ``d < 1`` the pass is the user's schedule thinned
+(:func:`thin_sigmas`): ``n = max(2, round(d · c))`` steps for the ``c`` user steps below ``sigma_s``, placed evenly
+in the user's step index from ``sigma_s`` to the last positive sigma, ``log sigma`` interpolated between user steps
+(the schedule's shape is kept, its density scaled by ``d``). Its guidance is ``GuidancePlan.build(factor,
+sigmas=<second pass>, **guidance)``: the library's defaults unless told otherwise.
 
 **Chain.** A factor with several prime levels (``4 = 2·2``) may also be reached stage by stage: ``1× → 2× → 4×``,
 each handover by the same rule (each stage stops at the same ``sigma_k``, the next starts at its ratio times
@@ -63,6 +66,7 @@ from lib_chroma.validation import check_choice, check_int, check_number, check_s
 __all__ = [
     "DEFAULT_LOSS",
     "DEFAULT_MERGE",
+    "DEFAULT_DENSITY",
     "HANDOVERS",
     "DEFAULT_HANDOVER",
     "UPSCALERS",
@@ -72,6 +76,7 @@ __all__ = [
     "stop_sigma",
     "stop_step",
     "second_sigmas",
+    "thin_sigmas",
     "pass_calls",
     "call_sigmas",
     "pass_cost",
@@ -83,8 +88,12 @@ __all__ = [
 ]
 
 #: q: the fraction of the coarsest octave an upscale cannot carry that a full-size run would already hold at
-#: ``sigma_s`` (and the cascade loses). Chosen with the toy benchmark (README, docs/theory.md §8).
-DEFAULT_LOSS = 0.4
+#: ``sigma_s`` (and the cascade loses). With the thinned second pass (``DEFAULT_DENSITY``) an early handover costs
+#: little; 0.1 with 0.5 was chosen on the tuning seeds of both reference models (docs/theory.md §8; 0.4 before).
+DEFAULT_LOSS = 0.1
+#: the second pass's step density relative to the user's schedule (1: the user's own sigmas below ``sigma_s``;
+#: 0.5: half as many steps over the same range, :func:`thin_sigmas`)
+DEFAULT_DENSITY = 0.5
 #: the first user sigma below ``sigma_s`` is dropped when it lies less than this fraction of a user step below it
 DEFAULT_MERGE = 0.5
 #: how the second pass starts (see :func:`handover`): the upscaled x0 prediction with fresh noise (``fresh``); the
@@ -144,6 +153,37 @@ def second_sigmas(sigmas: Sequence[float] | torch.Tensor, sigma_s: float, merge:
         if math.log(ss / float(s[j0])) < merge * step:
             j1 = j0 + 1
     return [ss] + [float(v) for v in s[j1:]], j1
+
+
+def thin_sigmas(sigmas: Sequence[float] | torch.Tensor, sigma_s: float, density: float
+                ) -> tuple[list[float], list[int]]:
+    """The user's schedule below ``sigma_s`` thinned to ``density`` of its steps: ``(sequence, user_steps)``.
+
+    ``sigma(t)`` is the user's positive sigmas as a function of the step index, ``log sigma`` linear between steps;
+    ``t_s`` solves ``sigma(t_s) = sigma_s`` and ``T`` is the last positive sigma's index. The sequence is
+    ``sigma(t_i)``, ``t_i = t_s + i (T - t_s) / (n - 1)``, ``i = 0 … n-1``, then 0, with ``n = max(2, round(density ·
+    c))`` and ``c`` the user's positive sigmas below ``sigma_s``; ``user_steps[i] = round(t_i)`` is the user step
+    model step ``i`` stands for (density 1 gives ``c`` or ``c + 1`` steps on the same range, not the user's exact
+    sigmas: :func:`second_sigmas` gives those)."""
+    s = check_sigmas("sigmas", sigmas)
+    ss = check_number("sigma_s", sigma_s, 0.0, float(s[0]))
+    d = check_number("density", density, 0.05, 1.0)
+    pos = [float(v) for v in s if float(v) > 0]
+    if len(pos) < 2 or not ss > pos[-1]:
+        raise ValueError(f"sigma_s: must be above the last positive sigma {pos[-1]}, got {ss}")
+    ls = [math.log(v) for v in pos]
+    j = next(i for i, v in enumerate(pos) if v < ss * (1 - 1e-9))  # first user sigma below sigma_s (j >= 1)
+    t_s = j - 1 + (ls[j - 1] - math.log(ss)) / (ls[j - 1] - ls[j])
+    last = len(pos) - 1
+    n = max(2, round(d * (len(pos) - j)))
+    seq, steps = [], []
+    for i in range(n):
+        t = t_s + i * (last - t_s) / (n - 1)
+        a = min(int(math.floor(t)), last - 1)
+        seq.append(math.exp(ls[a] + (t - a) * (ls[a + 1] - ls[a])))
+        steps.append(int(round(t)))
+    seq[0], seq[-1] = ss, pos[-1]
+    return seq + [0.0], steps
 
 
 def pass_calls(n_steps: int, ends_at_zero: bool, calls_per_step: int = 1) -> int:
@@ -219,6 +259,7 @@ class Stage:
     stop: float | None
     first_user_step: int
     plan: GuidancePlan | None
+    step_users: tuple[int, ...] | None = None
 
     @property
     def steps(self) -> int:
@@ -226,16 +267,25 @@ class Stage:
         return len(self.sigmas) - 1
 
     @property
+    def thinned(self) -> bool:
+        """Whether the stage samples fewer steps than the user's steps it stands for (:func:`thin_sigmas`)."""
+        return self.step_users is not None
+
+    def user_step(self, j: int) -> int:
+        """The user step (0-based) the stage's model step ``j`` stands for."""
+        return self.first_user_step + j if self.step_users is None else self.step_users[j]
+
+    @property
     def user_steps(self) -> tuple[int, int]:
         """(first, last) user steps, 0-based inclusive, that this stage's model calls stand for."""
-        return self.first_user_step, self.first_user_step + self.steps - 1
+        return self.user_step(0), self.user_step(self.steps - 1)
 
     def guided_user_steps(self) -> tuple[int, int] | None:
         """(first, last) user steps (0-based, inclusive) at which this stage's guidance calls the model."""
         if self.plan is None:
             return None
         win = self.plan.window_steps(self.sigmas)
-        return None if win is None else (self.first_user_step + win[0], self.first_user_step + win[1])
+        return None if win is None else (self.user_step(win[0]), self.user_step(win[1]))
 
 
 @dataclass(frozen=True)
@@ -290,6 +340,7 @@ def plan_cascade(
     chain: bool = False,
     sigma_start: float | None = None,
     merge: float = DEFAULT_MERGE,
+    density: float = DEFAULT_DENSITY,
     guidance: Mapping[str, Any] | None = None,
 ) -> CascadePlan | None:
     """Plan the cascade for the user's ``sigmas`` and per-axis ``factor`` (module docstring).
@@ -299,9 +350,12 @@ def plan_cascade(
     denoising strength) and stops the native pass at the last ``sigma_k >= sigma_start / ρ`` (one handover only).
     ``chain``: one stage per prime level of the factor (``4 → 1×, 2×, 4×``). ``guidance``: keyword arguments of
     :meth:`GuidancePlan.build` for every guided stage (default: the library's defaults), which gets the stage's
-    cumulative factor and its sigmas. Returns None when the factor is 1 or the schedule has no step to stop at.
+    cumulative factor and its sigmas. ``density`` < 1: the stage after the native one samples the user's schedule
+    thinned (:func:`thin_sigmas`; in a chain the last stage only). Returns None when the factor is 1 or the schedule
+    has no step to stop at.
     """
     s = check_sigmas("sigmas", sigmas)
+    dens = check_number("density", density, 0.05, 1.0)
     fh = check_int("factor_h", factor[0], 1, 64)
     fw = check_int("factor_w", factor[1], 1, 64)
     if (fh, fw) == (1, 1):
@@ -327,6 +381,7 @@ def plan_cascade(
         sig_min = ss / _rho((fh, fw))
     stages: list[Stage] = []
     current = user
+    users: list[int] | None = None  # the user step of each step of a thinned stage
     first_user = 0
     start = user[0]
     for t in range(len(facs) - 1):
@@ -337,13 +392,18 @@ def plan_cascade(
         stop = current[k]
         seq = current[: k + 1] + [0.0]
         plan = None if facs[t] == (1, 1) else GuidancePlan.build(facs[t], sigmas=seq, **kw)
-        stages.append(Stage(facs[t], tuple(seq), start, stop, first_user, plan))
+        stages.append(Stage(facs[t], tuple(seq), start, stop, first_user, plan,
+                            None if users is None else tuple(users[: k + 1])))
         start = ratio * stop if sigma_start is None else float(sigma_start)
-        nxt, j1 = second_sigmas(user, start, merge)
-        first_user = j1 - 1
-        current = nxt
+        if dens < 1.0 and t == len(facs) - 2:  # thin the last stage only (a chain's stages stop on user steps)
+            current, users = thin_sigmas(user, start, dens)
+            first_user = users[0]
+        else:
+            current, j1 = second_sigmas(user, start, merge)
+            first_user = j1 - 1
     plan = GuidancePlan.build(facs[-1], sigmas=current, **kw)
-    stages.append(Stage(facs[-1], tuple(current), start, None, first_user, plan))
+    stages.append(Stage(facs[-1], tuple(current), start, None, first_user, plan,
+                        None if users is None else tuple(users)))
     return CascadePlan(tuple(user), (fh, fw), tuple(stages), float(loss), float(power))
 
 

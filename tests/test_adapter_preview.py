@@ -35,8 +35,12 @@ def test_readout_states_the_cost_of_every_mode():
     setup = setup_cascade(cas, "sd1", "DPM++ 2M", "Karras", 20, 1024, 1024)
     nat, full = setup.plan.stages
     g = full.guided_user_steps()
-    assert readout == (f"native 512² steps 1–{nat.user_steps[1] + 1}, then 1024² steps {full.user_steps[0] + 1}–20 "
-                       f"guided {g[0] + 1}–{g[1] + 1} · ≈{setup.rel_cost:.2f}× plain model time")
+    thin = f" in {full.steps} steps," if full.thinned else ""
+    assert readout == (f"native 512² steps 1–{nat.user_steps[1] + 1}, then 1024² steps {full.user_steps[0] + 1}–20"
+                       f"{thin} guided {g[0] + 1}–{g[1] + 1} · ≈{setup.rel_cost:.2f}× plain model time")
+    # the readout names the thinned pass only when it is thinned
+    dense = setup_cascade(cas, "sd1", "DPM++ 2M", "Karras", 20, 1024, 1024, density=1.0)
+    assert " steps," not in dense.readout() and (full.thinned) == (" steps," in readout)
     assert setup.rel_cost < 1.0
     # the hires-fix target is the output size when Hires. fix is ticked
     hr, _, _ = preview(cas.to_dict(), "DPM++ 2M", "Karras", 20, 512, 512, hires=(2.0, 0, 0))

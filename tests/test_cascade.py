@@ -55,7 +55,7 @@ def test_native_pass_stops_at_the_last_sigma_the_rule_allows(karras20: list[floa
 
 def test_second_pass_is_the_users_tail_below_its_start(karras20: list[float]) -> None:
     for loss in (0.1, 0.2, 0.3, 0.5, 0.7):
-        plan = C.plan_cascade(karras20, (2, 2), loss=loss)
+        plan = C.plan_cascade(karras20, (2, 2), loss=loss, density=1.0)
         full = plan.stages[1]
         tail = [v for v in karras20 if v < full.start]
         seq = list(full.sigmas)
@@ -109,7 +109,10 @@ def test_guidance_uses_the_library_defaults_on_the_stage_sigmas(karras20: list[f
                                                       operator="nearest")
     first, last = full.guided_user_steps()
     win = full.plan.window_steps(full.sigmas)
-    assert (first, last) == (full.first_user_step + win[0], full.first_user_step + win[1])
+    assert (first, last) == (full.step_users[win[0]], full.step_users[win[1]])
+    dense = C.plan_cascade(karras20, (2, 2), density=1.0).stages[1]
+    win = dense.plan.window_steps(dense.sigmas)
+    assert dense.guided_user_steps() == (dense.first_user_step + win[0], dense.first_user_step + win[1])
 
 
 def test_four_times_one_handover_and_chain(karras20: list[float]) -> None:
@@ -139,6 +142,51 @@ def test_fixed_start_sigma(karras20: list[float]) -> None:
     plan = C.plan_cascade(karras20, (2, 2), sigma_start=3.0)
     nat, full = plan.stages
     assert full.start == 3.0 and nat.stop >= 1.5 > karras20[plan.stop_step + 1]
+
+
+@pytest.mark.parametrize("density", [0.3, 0.5, 0.75])
+def test_thinned_second_pass_follows_the_users_schedule(karras20: list[float], density: float) -> None:
+    plan = C.plan_cascade(karras20, (2, 2), loss=0.2, density=density)
+    nat, full = plan.stages
+    assert full.start == pytest.approx(2 * nat.stop) and full.sigmas[0] == full.start
+    below = [v for v in karras20 if 0 < v < full.start]
+    assert full.steps == max(2, round(density * len(below)))
+    assert full.sigmas[-2] == karras20[-2] and full.sigmas[-1] == 0.0
+    assert all(a > b for a, b in zip(full.sigmas, full.sigmas[1:]))
+    # every sigma lies on the user's schedule: log sigma between the user steps its step index falls between
+    for j, v in enumerate(full.sigmas[:-1]):
+        u = full.step_users[j]
+        assert karras20[min(u + 1, 19)] * (1 - 1e-9) <= v <= karras20[max(u - 1, 0)] * (1 + 1e-9)
+    assert full.user_steps[1] == 19 and full.thinned and not nat.thinned
+    assert list(full.step_users) == sorted(full.step_users)
+    # fewer full-size calls than the unthinned plan, same native pass
+    dense = C.plan_cascade(karras20, (2, 2), loss=0.2, density=1.0)
+    assert dense.stages[0] == nat and full.steps < dense.stages[1].steps
+    assert plan.cost().rel_pixel_evals < dense.cost().rel_pixel_evals
+
+
+def test_thin_sigmas_at_full_density_covers_the_same_range(karras20: list[float]) -> None:
+    seq, users = C.thin_sigmas(karras20, 3.0, 1.0)
+    below = [v for v in karras20 if 0 < v < 3.0]
+    assert len(seq) - 1 == len(below) and seq[0] == 3.0 and seq[-2] == karras20[-2]
+    assert users[-1] == 19 and users == sorted(users)
+    # from a user sigma: 8 user sigmas below sigma_11, density 5/8 gives 5 steps at t = 11, 13, …, 19, where the
+    # interpolation returns the user's own sigmas
+    seq, users = C.thin_sigmas(karras20, karras20[11], 0.625)
+    assert users == [11, 13, 15, 17, 19] and seq[:-1] == pytest.approx(karras20[11:-1:2])
+    with pytest.raises(ValueError, match="density"):
+        C.thin_sigmas(karras20, 3.0, 0.0)
+    with pytest.raises(ValueError, match="sigma_s"):
+        C.thin_sigmas(karras20, karras20[-2] / 2, 0.5)
+    with pytest.raises(ValueError, match="density"):
+        C.plan_cascade(karras20, (2, 2), density=1.5)
+
+
+def test_thinned_chain_thins_its_last_stage_only(karras20: list[float]) -> None:
+    plan = C.plan_cascade(karras20, (4, 4), chain=True, density=0.5)
+    assert [st.factor for st in plan.stages] == [(1, 1), (2, 2), (4, 4)]
+    assert not plan.stages[1].thinned and plan.stages[2].thinned
+    assert plan.stages[2].start == pytest.approx(2 * plan.stages[1].stop)
 
 
 def test_no_cascade_when_nothing_to_do() -> None:

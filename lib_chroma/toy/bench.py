@@ -54,7 +54,7 @@ import torch
 
 from lib_chroma import empirical
 from lib_chroma import guidance as G
-from lib_chroma.cascade import DEFAULT_HANDOVER, DEFAULT_LOSS, CascadePlan, plan_cascade
+from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, DEFAULT_LOSS, CascadePlan, plan_cascade
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 
 from . import cascade_runs, demofusion, runs, scorer
@@ -85,7 +85,7 @@ def cascade_method(
     model: runs.CountingModel, factor: tuple[int, int], steps: int, seed: int, sampler: str = runs.DEFAULT_SAMPLER,
     *, loss: float = DEFAULT_LOSS, power: float | None = None, handover: str = DEFAULT_HANDOVER,
     upscaler: str = "bilinear", chain: bool = False, strength: float | None = None, grid: str = G.DEFAULT_GRID,
-    q_end: float | None = None, scale: float | None = None,
+    q_end: float | None = None, scale: float | None = None, density: float = DEFAULT_DENSITY,
 ) -> tuple[CascadePlan | None, Method]:
     """A cascade row: its plan on the toy's sigmas (guidance: the library's defaults but for the pooling ``grid``,
     the bench's ``--grid`` unless the row says otherwise) and the method running it.
@@ -93,7 +93,8 @@ def cascade_method(
     ``power``: the stop rule's data power (None: the toy's, :func:`lib_chroma.toy.runs.data_power`).
     ``strength``: start the full-size pass where A1111's hires fix at this denoising strength starts
     (``img2img_sigmas(...)[0]``) instead of by the stop rule. ``q_end``, ``scale``: the guided stages' window end
-    and weight (None: the library's)."""
+    and weight (None: the library's). ``density``: the full-size pass's step density
+    (:func:`lib_chroma.cascade.thin_sigmas`)."""
     p = runs.data_power() if power is None else power
     sig = runs.toy_sigmas(sampler, steps)
     start = None
@@ -104,7 +105,7 @@ def cascade_method(
         gkw["q_end"] = q_end
     if scale is not None:
         gkw["scale"] = scale
-    plan = plan_cascade(sig, factor, loss=loss, power=p, chain=chain, sigma_start=start, guidance=gkw)
+    plan = plan_cascade(sig, factor, loss=loss, power=p, chain=chain, sigma_start=start, density=density, guidance=gkw)
 
     def method(s: int, k: int) -> torch.Tensor:
         assert plan is not None
@@ -118,10 +119,12 @@ def cascade_rows(factor: tuple[int, int], variants: bool = False, grid: str = G.
                  ) -> dict[str, dict[str, Any]]:
     """The cascade rows of ``--cascade`` (and ``--cascade-variants``): label -> :func:`cascade_method` keywords.
 
-    Default: the stop rule (q = ``DEFAULT_LOSS``) with the toy's data power and with unit power (the WebUI's), the
-    default handover, bilinear; for factors with several prime levels also the chain. Variants: every handover,
-    the other upscalers, and fixed hires strengths 0.3, 0.5 and 0.7 in place of the rule."""
-    q, h, g = DEFAULT_LOSS, DEFAULT_HANDOVER, f"{grid} grid"
+    Default: the stop rule (q = ``DEFAULT_LOSS``, second-pass density ``DEFAULT_DENSITY``) with the toy's data power
+    and with unit power (the WebUI's), the default handover, bilinear; for factors with several prime levels also
+    the chain. Variants: every handover, the other upscalers, and fixed hires strengths 0.3, 0.5 and 0.7 in place
+    of the rule."""
+    h, g = DEFAULT_HANDOVER, f"{grid} grid"
+    q = f"{DEFAULT_LOSS}" + ("" if DEFAULT_DENSITY == 1 else f", density {DEFAULT_DENSITY}")
     rows: dict[str, dict[str, Any]] = {
         f"cascade (q {q}, data power, {h}, bilinear, {g})": {},
         f"cascade (q {q}, unit power, {h}, bilinear, {g})": {"power": 1.0},
@@ -417,7 +420,8 @@ def _factor_cells(
             row["expected_pixel_evals"] = round(cp.cost().rel_pixel_evals, 4)
             row["cascade"] = [{"factor": list(st.factor), "user_steps": list(st.user_steps),
                                "guided_user_steps": st.guided_user_steps(), "start": round(st.start, 4),
-                               "stop": None if st.stop is None else round(st.stop, 4)} for st in cp.stages]
+                               "stop": None if st.stop is None else round(st.stop, 4),
+                               "model_steps": st.steps, "thinned": st.thinned} for st in cp.stages]
         if label in guided:
             plan, sig = guided[label]
             calls = len(sig) - 1
@@ -552,6 +556,7 @@ def markdown(res: dict[str, Any]) -> str:
                 fh, fw = st["factor"]
                 side = f"{32 * fh}²" if fh == fw else f"{32 * fh}×{32 * fw}"
                 parts.append(f"{side} steps {st['user_steps'][0] + 1}–{st['user_steps'][1] + 1}"
+                             + (f" in {st['model_steps']}" if st.get("thinned") else "")
                              + (f" guided {g[0] + 1}–{g[1] + 1}" if g else "")
                              + (f" (from sigma {st['start']:.3g})" if st["user_steps"][0] else ""))
             out.append(f"| {f} | {r['method']} | {' → '.join(parts)} |")
@@ -579,7 +584,7 @@ def _parse_cascade(text: str) -> tuple[str, dict[str, Any]]:
     for part in text.split(","):
         k, _, v = part.partition("=")
         k, v = k.strip(), v.strip()
-        if k in ("loss", "power", "strength", "q_end", "scale"):
+        if k in ("loss", "power", "strength", "q_end", "scale", "density"):
             kw[k] = float(v)
         elif k in ("handover", "upscaler", "grid"):
             kw[k] = v
@@ -587,7 +592,7 @@ def _parse_cascade(text: str) -> tuple[str, dict[str, Any]]:
             kw[k] = v.lower() in ("1", "true")
         else:
             raise ValueError(f"cascade-row: unknown key {k!r} in {text!r}; allowed: loss, power, handover, "
-                             "upscaler, chain, strength, grid, q_end, scale")
+                             "upscaler, chain, strength, grid, q_end, scale, density")
     return f"cascade {text}", kw
 
 
@@ -628,7 +633,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="add cascade rows comparing handovers, upscalers and fixed hires strengths")
     p.add_argument("--cascade-row", action="append", default=[], metavar="K=V,...",
                    help="extra cascade row: loss=0.2,power=1,handover=fresh,upscaler=bicubic,chain=1,strength=0.5,"
-                        "grid=fixed,q_end=1,scale=1.5")
+                        "grid=fixed,q_end=1,scale=1.5,density=1")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
                    help="leave out the rows whose label contains TEXT (repeatable; plain always runs)")
     p.add_argument("--threads", type=int, default=0)

@@ -9,7 +9,8 @@ Which settings win, in txt2img with the cascade on:
   by" or "Resize width/height to", as A1111 computes it).
 - The **factor** per axis is the extension's (``factor_h``/``factor_w``; 0 = auto from the model's native size).
 - The cascade sets the **first-pass size** (output / factor, rounded to a multiple of 8), the **hires target**
-  (the output size, as "Hires resize"), the **hires steps** (the second pass's steps) and the **denoising
+  (the output size, as "Hires resize"), the **hires steps** (the second pass's steps: the user's schedule below
+  the handover, thinned to half its density) and the **denoising
   strength** (second-pass steps / steps; A1111 only uses it in its step arithmetic, the cascade gives the sigmas):
   whatever Hires. fix said about these is replaced, and the infotext records the values that ran.
 - Kept from Hires. fix when it is ticked: the upscaler, hires sampler and schedule type (a hires sampler without
@@ -30,7 +31,15 @@ from dataclasses import dataclass
 import torch
 
 from lib_chroma import settings as S
-from lib_chroma.cascade import DEFAULT_HANDOVER, DEFAULT_LOSS, CascadeCost, CascadePlan, pass_cost, plan_cascade
+from lib_chroma.cascade import (
+    DEFAULT_DENSITY,
+    DEFAULT_HANDOVER,
+    DEFAULT_LOSS,
+    CascadeCost,
+    CascadePlan,
+    pass_cost,
+    plan_cascade,
+)
 from lib_chroma.guidance import GuidancePlan, auto_factor
 from lib_chroma.schedule import MODEL_FAMILIES, model_schedule, sampler_info, sampler_sigmas
 
@@ -133,16 +142,17 @@ class CascadeSetup:
         return self.plan.cost(self.calls_per_step, self.second_call)
 
     def readout(self) -> str:
-        """``native 512² steps 1–12, then 1024² steps 10–20 guided 10–14 · ≈0.76× plain model time``
-        (1-based, inclusive user steps)."""
+        """``native 512² steps 1–9, then 1024² steps 7–20 in 7 steps, guided 7–20 · ≈0.55× plain model time``
+        (1-based, inclusive user steps; "in n steps" when the second pass thins the user's schedule)."""
         nat, full = self.plan.stages
         a, b = nat.user_steps
         c, d = full.user_steps
         g = full.guided_user_steps()
+        thin = f" in {full.steps} steps," if full.thinned else ""
         guided = "" if g is None else f" guided {g[0] + 1}–{g[1] + 1}"
         out = size_text(*self.target)
-        return (f"native {size_text(*self.first)} steps {a + 1}–{b + 1}, then {out} steps {c + 1}–{d + 1}{guided}"
-                f" · ≈{self.rel_cost:.2f}× plain model time")
+        return (f"native {size_text(*self.first)} steps {a + 1}–{b + 1}, then {out} steps {c + 1}–{d + 1}{thin}"
+                f"{guided} · ≈{self.rel_cost:.2f}× plain model time")
 
 
 def _round8(v: float) -> int:
@@ -161,11 +171,13 @@ def setup_cascade(
     sigmas: list[float] | torch.Tensor | None = None,
     hr_sampler: str | None = None,
     loss: float = DEFAULT_LOSS,
+    density: float = DEFAULT_DENSITY,
 ) -> CascadeSetup | str:
     """The cascade to ``width × height`` (the output size), or the reason it steps aside.
 
     ``sigmas``: the first pass's actual sigma sequence for ``steps`` (A1111's ``get_sigmas``); default: the
-    family's schedule through :func:`lib_chroma.schedule.sampler_sigmas`."""
+    family's schedule through :func:`lib_chroma.schedule.sampler_sigmas`. ``loss``, ``density``: the stop rule's
+    bound and the second pass's step density (:func:`lib_chroma.cascade.plan_cascade`)."""
     why = cascade_unavailable(sampler, hr_sampler)
     if why:
         return why
@@ -177,7 +189,8 @@ def setup_cascade(
     if sigmas is None:
         sigmas = sampler_sigmas(sampler, scheduler or "Automatic", int(steps), model_schedule(family),
                                 ays_table=MODEL_FAMILIES[family]["ays"])
-    plan = plan_cascade(sigmas, (fh, fw), loss=loss, power=CASCADE_POWER, guidance=guidance_kwargs(s))
+    plan = plan_cascade(sigmas, (fh, fw), loss=loss, power=CASCADE_POWER, density=density,
+                        guidance=guidance_kwargs(s))
     if plan is None:
         return f"{int(steps)} steps leave no step to stop the native pass at"
     info, _ = sampler_info(hr_sampler or sampler)

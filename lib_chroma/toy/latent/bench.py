@@ -41,7 +41,7 @@ whose label contains TEXT.
 
 ``--cascade``: the chromatographic cascade (:func:`cascade_plans`, :func:`lib_chroma.toy.latent.runs.run_cascade`):
 the WebUI's stop rule (unit power) and the same with the latents' measured power (``--cascade-loss Q``: and with
-other loss bounds), the full-size pass guided with the WebUI's window; each with A1111's "Latent" upscaler
+other loss bounds; ``--cascade-rule Q,D``: loss bound Q and second-pass density D), the full-size pass guided with the WebUI's window; each with A1111's "Latent" upscaler
 (bilinear latents) and with an image upscaler (decode, bilinear pixels, encode) for the first pass's x0 prediction.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-from lib_chroma.cascade import DEFAULT_LOSS, CascadePlan, plan_cascade
+from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_LOSS, CascadePlan, plan_cascade
 from lib_chroma.guidance import GuidancePlan, factor_levels
 from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.toy import peers as P
@@ -250,20 +250,23 @@ CASCADE_RESAMPLED_UPSCALERS = {"fitted resamplers, Latent upscaler": "bilinear",
 
 
 def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
-                  losses: tuple[float, ...] = ()) -> dict[str, CascadePlan]:
+                  losses: tuple[float, ...] = (), rules: tuple[tuple[float, float], ...] = ()
+                  ) -> dict[str, CascadePlan]:
     """``--cascade`` rows: the WebUI's rule (unit power, loss ``DEFAULT_LOSS``, its guidance held to
     ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; ``losses``:
-    the WebUI's rule with these loss bounds q as well (``--cascade-loss``). Labels name the stages' user steps
-    (1-based) and the guided steps of the full-size pass."""
+    the WebUI's rule with these loss bounds q as well (``--cascade-loss``); ``rules``: (loss, density) pairs, unit
+    power (``--cascade-rule``). Labels name the stages' user steps (1-based), the full-size pass's model steps when it
+    thins the user's schedule, and its guided steps."""
     sig = runs.latent_sigmas(sampler, steps)
     out: dict[str, CascadePlan] = {}
-    rules = [("the WebUI's rule, unit power", 1.0, DEFAULT_LOSS)]
+    todo = [("the WebUI's rule, unit power", 1.0, DEFAULT_LOSS, DEFAULT_DENSITY)]
     if "level_power" in model.meta:
         power = float(model.meta["level_power"]["1"])
-        rules.append((f"latent power {power:.2f}", power, DEFAULT_LOSS))
-    rules += [(f"unit power, q {q:g}", 1.0, q) for q in losses if q != DEFAULT_LOSS]
-    for what, power, loss in rules:
-        plan = plan_cascade(sig, (m, m), power=power, loss=loss, guidance={"q_end": LATENT_Q_END})
+        todo.append((f"latent power {power:.2f}", power, DEFAULT_LOSS, DEFAULT_DENSITY))
+    todo += [(f"unit power, q {q:g}", 1.0, q, DEFAULT_DENSITY) for q in losses if q != DEFAULT_LOSS]
+    todo += [(f"unit power, q {q:g}, density {d:g}", 1.0, q, d) for q, d in rules]
+    for what, power, loss, density in todo:
+        plan = plan_cascade(sig, (m, m), power=power, loss=loss, density=density, guidance={"q_end": LATENT_Q_END})
         if plan is None:
             continue
         parts = []
@@ -271,8 +274,9 @@ def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
             a, b = st.user_steps
             side = NATIVE_LATENT * st.factor[0] * F_DOWN
             g = st.plan.window_steps(st.sigmas) if st.plan is not None else None
-            parts.append(f"{side}² steps {a + 1}–{b + 1}"
-                         + ("" if g is None else f" guided {a + g[0] + 1}–{a + g[1] + 1}"))
+            g = None if g is None else (st.user_step(g[0]), st.user_step(g[1]))
+            parts.append(f"{side}² steps {a + 1}–{b + 1}" + (f" in {st.steps}" if st.thinned else "")
+                         + ("" if g is None else f" guided {g[0] + 1}–{g[1] + 1}"))
         if not any(label.endswith(": " + " → ".join(parts)) for label in out):  # a power that moves no step
             out[f"cascade, {what}: {' → '.join(parts)}"] = plan
     return out
@@ -281,13 +285,15 @@ def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
 def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sampler: str, steps: int,
                plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16,
                peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False,
-               cascade_losses: tuple[float, ...] = (), cascade_resampled: bool = False) -> list[dict[str, Any]]:
+               cascade_losses: tuple[float, ...] = (), cascade_resampled: bool = False,
+               cascade_rules: tuple[tuple[float, float], ...] = ()) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
     seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
     :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`) and DemoFusion
     (its native pass is the native row's, whose cost it includes). ``skip``: guided and peer rows whose label
-    contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows (``cascade_losses``: its extra
-    loss bounds; ``cascade_resampled``: also with the fitted resamplers, :data:`CASCADE_RESAMPLED_UPSCALERS`)."""
+    contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows (``cascade_losses``,
+    ``cascade_rules``: its extra loss bounds and (loss, density) rules; ``cascade_resampled``: also with the fitted
+    resamplers, :data:`CASCADE_RESAMPLED_UPSCALERS`)."""
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
@@ -340,7 +346,8 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
-    for base, cplan in (cascade_plans(model, m, steps, sampler, cascade_losses) if cascade else {}).items():
+    cplans = cascade_plans(model, m, steps, sampler, cascade_losses, cascade_rules) if cascade else {}
+    for base, cplan in cplans.items():
         ups = {**CASCADE_UPSCALERS, **(CASCADE_RESAMPLED_UPSCALERS if cascade_resampled else {})}
         for what, upscaler in ups.items():
             label = f"{base}, {what}"
@@ -468,6 +475,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--cascade", action="store_true", help="add the chromatographic cascade rows")
     p.add_argument("--cascade-loss", type=float, action="append", default=[], metavar="Q",
                    help="with --cascade: also the WebUI's rule with loss bound Q (repeatable)")
+    p.add_argument("--cascade-rule", action="append", default=[], metavar="Q,D",
+                   help="with --cascade: also the rule with loss bound Q and second-pass density D (repeatable)")
     p.add_argument("--cascade-resampled", action="store_true",
                    help="with --cascade: also the cascades with the fitted resamplers (guided stages and handover)")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
@@ -511,7 +520,9 @@ def bench_main(argv: list[str] | None = None) -> int:
                     rows += run_factor(model, m, n, args.seed, cfg, args.sampler, steps, plans,
                                        baselines=not args.no_baselines, peers=args.peers, skip=tuple(args.skip),
                                        cascade=args.cascade, cascade_losses=tuple(args.cascade_loss),
-                                       cascade_resampled=args.cascade_resampled)
+                                       cascade_resampled=args.cascade_resampled,
+                                       cascade_rules=tuple(tuple(float(v) for v in r.split(","))
+                                                           for r in args.cascade_rule))
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)
