@@ -196,7 +196,7 @@ def test_header_readout_follows_size_fields_and_enable(ui: UIPage) -> None:
         assert text.endswith(" · no cascade: the cascade runs in A1111 (Forge samples its passes differently)"), text
         assert re.search(r"guided steps \d+–\d+ of 20", text), text
     else:
-        assert re.fullmatch(r"native 512×384 steps 1–\d+, then 1024×768 steps \d+–20 guided \d+–\d+ · "
+        assert re.fullmatch(r"native 512×384 steps 1–\d+, then 1024×768 steps \d+–20 in \d+ steps, guided \d+–\d+ · "
                             r"≈0\.\d\d× plain model time", text), text
     ui.expect_readout_in_header(text)
     ui.shot("readout-cascade", ui.header)
