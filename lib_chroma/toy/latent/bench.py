@@ -41,8 +41,9 @@ whose label contains TEXT.
 
 ``--cascade``: the chromatographic cascade (:func:`cascade_plans`, :func:`lib_chroma.toy.latent.runs.run_cascade`):
 the WebUI's stop rule (unit power) and the same with the latents' measured power (``--cascade-loss Q``: and with
-other loss bounds; ``--cascade-rule Q,D``: loss bound Q and second-pass density D), the full-size pass guided with the WebUI's window; each with A1111's "Latent" upscaler
-(bilinear latents) and with an image upscaler (decode, bilinear pixels, encode) for the first pass's x0 prediction.
+other loss bounds; ``--cascade-rule Q,D``: loss bound Q and second-pass density D), the full-size pass guided with
+the WebUI's window; each with A1111's "Latent" upscaler (bilinear latents) and with an image upscaler (decode,
+bilinear pixels, encode) for the first pass's x0 prediction.
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
