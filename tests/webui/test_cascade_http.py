@@ -98,6 +98,10 @@ def check_cascade(record: dict[str, Any], sampler: str, scheduler: str | None) -
     s = S.from_dict(CASCADE, family="sd1")
     setup = setup_cascade(s, "sd1", sampler, scheduler or "Automatic", STEPS, 128, 128, sigmas=user)
     assert cas["readout"] == setup.readout()
+    # the hires pass samples the plan's (thinned) sigmas: one call at each for the first-order samplers
+    assert hires["sigmas"] == pytest.approx(list(setup.plan.stages[1].sigmas), rel=1e-5)
+    if sampler in ("Euler", "Euler a", "DPM++ 2M"):
+        assert [c["sigma"] for c in hc] == pytest.approx(hires["sigmas"][:-1], rel=1e-4)
     readout = preview(s.to_dict(), sampler, scheduler or "Automatic", STEPS, 128, 128, family="sd1")[0]
     assert readout.startswith(f"native 64² steps 1–{k + 1}, then 128² steps ")
 
