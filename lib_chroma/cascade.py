@@ -163,8 +163,8 @@ def thin_sigmas(sigmas: Sequence[float] | torch.Tensor, sigma_s: float, density:
     ``t_s`` solves ``sigma(t_s) = sigma_s`` and ``T`` is the last positive sigma's index. The sequence is
     ``sigma(t_i)``, ``t_i = t_s + i (T - t_s) / (n - 1)``, ``i = 0 … n-1``, then 0, with ``n = max(2, round(density ·
     c))`` and ``c`` the user's positive sigmas below ``sigma_s``; ``user_steps[i] = round(t_i)`` is the user step
-    model step ``i`` stands for (density 1 gives ``c`` or ``c + 1`` steps on the same range, not the user's exact
-    sigmas: :func:`second_sigmas` gives those)."""
+    model step ``i`` stands for. Density 1 gives ``c`` steps over the same range, on the user's own sigmas only where
+    ``t_i`` is a whole index (:func:`second_sigmas` gives the user's own tail)."""
     s = check_sigmas("sigmas", sigmas)
     ss = check_number("sigma_s", sigma_s, 0.0, float(s[0]))
     d = check_number("density", density, 0.05, 1.0)
@@ -251,7 +251,8 @@ class Stage:
     samples on, ending with 0 (a stopped stage ends ``…, stop, 0``: its last model call, at ``stop``, gives the x0
     prediction it hands over). ``start``: its first sigma; ``stop``: the sigma it hands over at (None for the
     last stage). ``first_user_step``: the user step (0-based) its first model call stands for; its step ``j`` stands
-    for user step ``first_user_step + j``. ``plan``: its guidance (None for the native stage)."""
+    for user step ``first_user_step + j``, or ``step_users[j]`` when the stage thins the user's schedule
+    (:func:`thin_sigmas`). ``plan``: its guidance (None for the native stage)."""
 
     factor: Factor
     sigmas: tuple[float, ...]
