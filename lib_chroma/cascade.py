@@ -382,7 +382,7 @@ def plan_cascade(
         sig_min = ss / _rho((fh, fw))
     stages: list[Stage] = []
     current = user
-    users: list[int] | None = None  # the user step of each step of a thinned stage
+    users: list[int] | None = None  # the user step of each step of the last stage, when it is thinned
     first_user = 0
     start = user[0]
     for t in range(len(facs) - 1):
@@ -393,8 +393,7 @@ def plan_cascade(
         stop = current[k]
         seq = current[: k + 1] + [0.0]
         plan = None if facs[t] == (1, 1) else GuidancePlan.build(facs[t], sigmas=seq, **kw)
-        stages.append(Stage(facs[t], tuple(seq), start, stop, first_user, plan,
-                            None if users is None else tuple(users[: k + 1])))
+        stages.append(Stage(facs[t], tuple(seq), start, stop, first_user, plan))
         start = ratio * stop if sigma_start is None else float(sigma_start)
         if dens < 1.0 and t == len(facs) - 2:  # thin the last stage only (a chain's stages stop on user steps)
             current, users = thin_sigmas(user, start, dens)

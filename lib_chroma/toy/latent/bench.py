@@ -274,8 +274,7 @@ def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
         for st in plan.stages:
             a, b = st.user_steps
             side = NATIVE_LATENT * st.factor[0] * F_DOWN
-            g = st.plan.window_steps(st.sigmas) if st.plan is not None else None
-            g = None if g is None else (st.user_step(g[0]), st.user_step(g[1]))
+            g = st.guided_user_steps()
             parts.append(f"{side}² steps {a + 1}–{b + 1}" + (f" in {st.steps}" if st.thinned else "")
                          + ("" if g is None else f" guided {g[0] + 1}–{g[1] + 1}"))
         if not any(label.endswith(": " + " → ".join(parts)) for label in out):  # a power that moves no step
