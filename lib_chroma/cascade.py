@@ -100,7 +100,8 @@ DEFAULT_MERGE = 0.5
 #: upscaled noisy latent with fresh noise making up the variance (``noisy``); the upscaled x0 prediction with the
 #: first pass's own noise at the coarse levels and fresh noise only within the blocks (``renoise``)
 HANDOVERS = ("fresh", "noisy", "renoise")
-#: the handover the toy benchmark measured best (README, docs/theory.md §8)
+#: the handover of the WebUI and the latent model, measured best there held out (docs/theory.md §8, "Which
+#: handover, per model"); the pixel toy's own is ``fresh`` (:data:`lib_chroma.toy.cascade_runs.TOY_HANDOVER`)
 DEFAULT_HANDOVER = "renoise"
 #: latent upscalers (``torch.nn.functional.interpolate`` modes; A1111's "Latent", "Latent (bicubic)",
 #: "Latent (nearest-exact)")

@@ -129,7 +129,7 @@ def test_debug_record_shows_the_stop_and_the_calls(web, monkeypatch, tmp_path):
     rec = json.loads(log.read_text().splitlines()[0])
     cas = rec["cascade"]
     first, hires = rec["passes"]
-    assert first["pass"] == "first" and hires["pass"] == "hires" and hires["handover"] == "renoise"
+    assert first["pass"] == "first" and hires["pass"] == "hires" and hires["handover"] == CS.HANDOVER == "renoise"
     assert first["sigmas"][-1] == 0 and first["sigmas"][-2] == cas["user_sigmas"][cas["stop_step"]]
     assert [c["pass"] for c in rec["calls"]].count("first") == cas["stage_calls"][0]
     assert [c["pass"] for c in rec["calls"]].count("hires") == cas["stage_calls"][1]
@@ -233,13 +233,28 @@ def test_xyz_cascade_axis(web):
     assert q.enable_hr is True and q.width == 512
 
 
+def test_fresh_handover_keeps_a1111s_hires_noise(web, monkeypatch, tmp_path):
+    """With ``fresh`` the hires pass starts from A1111's upscaled first-pass output (the x0 prediction at sigma_k)
+    plus sigma_s times A1111's own noise, untouched, and the debug record says so."""
+    import json
+
+    log = tmp_path / "rc.jsonl"
+    monkeypatch.setenv(web.a1111.DEBUG_LOG_ENV, str(log))
+    monkeypatch.setattr(web.a1111.CS, "HANDOVER", "fresh")
+    p = cascade_p(web)
+    seen = run_cascade(web, p, [{"cascade": True}], Inner(), batch=2)
+    assert torch.equal(seen["noise"], seen["noise_before"])
+    assert json.loads(log.read_text().splitlines()[0])["passes"][1]["handover"] == "fresh"
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_renoise_handover_rewrites_the_hires_noise(web, batch):
-    """The hires pass starts from the upscaled x0 plus sigma_s times noise whose 2×2 block means are the first
-    pass's own noise (x_k - x0) / (2 sigma_k) and whose within-block part is A1111's fresh noise."""
+    """With ``renoise`` (the default), the hires pass starts from the upscaled x0 plus sigma_s times noise whose 2×2
+    block means are the first pass's own noise (x_k - x0) / (2 sigma_k) and whose within-block part is A1111's fresh
+    noise."""
     from lib_chroma.guidance import pool, unpool
 
-    assert CS.HANDOVER == "renoise"
+    assert web.a1111.CS.HANDOVER == "renoise"  # the WebUI's default
     p = cascade_p(web)
     seen = run_cascade(web, p, [{"cascade": True}], Inner(), batch=batch)
     sigma_k = seen["first"][-2]

@@ -137,3 +137,20 @@ def test_bench_cli_on_the_shipped_weights_writes_json_markdown_and_samples(tmp_p
     assert res["rows"][2]["plan"]["window_steps"] == [0, 1] and res["n"] == 2
     assert "| plan eta=0.5 |" in (tmp_path / "2x_dpmpp_2m_3.md").read_text()
     assert len(list((tmp_path / "samples").glob("*.png"))) == 3
+
+
+def test_cascade_handovers_add_labelled_rows(tiny: LatentModel, monkeypatch) -> None:
+    """``--cascade-handover``: every cascade row again with that handover, named in its label; the library's default
+    (``renoise``) keeps the plain label and is not run twice."""
+    seen = []
+    real = runs.run_cascade
+
+    def spy(*a, **kw):
+        seen.append(kw["handover_mode"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runs, "run_cascade", spy)
+    rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=8, plans={}, baselines=False,
+                            batch=2, cascade=True, cascade_handovers=("fresh", "renoise"), skip=("image",))
+    labels = [r["method"] for r in rows[2:]]
+    assert len(labels) == 2 and labels[1] == labels[0] + ", fresh handover" and seen == ["renoise", "fresh"]

@@ -236,3 +236,22 @@ def test_cascade_row_keys_reach_the_plan() -> None:
     assert base.stages[-1].plan.q_end != 1.0 and plan.stages[0].stop < base.stages[0].stop
     with pytest.raises(ValueError, match="allowed: .*q_end, scale"):
         bench._parse_cascade("q_start=1")
+
+
+def test_toy_cascade_rows_hand_over_fresh_and_chains_renoise(monkeypatch) -> None:
+    """The toy's cascade rows run its own handover (``fresh``), a chain the library's (``renoise``), and a
+    ``handover=`` row key overrides it; the handover reaches the runner."""
+    from lib_chroma.cascade import DEFAULT_HANDOVER
+    from lib_chroma.toy import bench, cascade_runs
+
+    assert (cascade_runs.TOY_HANDOVER, DEFAULT_HANDOVER) == ("fresh", "renoise")
+    rows = bench.cascade_rows((4, 4))
+    single = {k: v for k, v in rows.items() if not v.get("chain")}
+    chain = {k: v for k, v in rows.items() if v.get("chain")}
+    assert len(single) == 2 and all(", fresh," in k and "handover" not in v for k, v in single.items())
+    assert len(chain) == 2 and all(", renoise," in k and v["handover"] == "renoise" for k, v in chain.items())
+    seen = []
+    monkeypatch.setattr(cascade_runs, "run_cascade", lambda *a, **kw: seen.append(kw["handover_mode"]))
+    for kw in ({}, {"chain": True, "handover": "renoise"}, bench._parse_cascade("handover=noisy")[1]):
+        bench.cascade_method(None, (4, 4), 20, 0, **kw)[1](0, 1)  # type: ignore[arg-type]
+    assert seen == ["fresh", "renoise", "noisy"]

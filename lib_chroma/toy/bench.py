@@ -54,7 +54,7 @@ import torch
 
 from lib_chroma import empirical
 from lib_chroma import guidance as G
-from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, DEFAULT_LOSS, CascadePlan, plan_cascade
+from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, DEFAULT_LOSS, HANDOVERS, CascadePlan, plan_cascade
 from lib_chroma.schedule import img2img_sigmas, sampler_sigmas
 
 from . import cascade_runs, demofusion, runs, scorer
@@ -83,7 +83,7 @@ def candidate_plans(scale: float = 1.0) -> dict[str, dict[str, Any]]:
 
 def cascade_method(
     model: runs.CountingModel, factor: tuple[int, int], steps: int, seed: int, sampler: str = runs.DEFAULT_SAMPLER,
-    *, loss: float = DEFAULT_LOSS, power: float | None = None, handover: str = DEFAULT_HANDOVER,
+    *, loss: float = DEFAULT_LOSS, power: float | None = None, handover: str = cascade_runs.TOY_HANDOVER,
     upscaler: str = "bilinear", chain: bool = False, strength: float | None = None, grid: str = G.DEFAULT_GRID,
     q_end: float | None = None, scale: float | None = None, density: float = DEFAULT_DENSITY,
 ) -> tuple[CascadePlan | None, Method]:
@@ -120,20 +120,21 @@ def cascade_rows(factor: tuple[int, int], variants: bool = False, grid: str = G.
     """The cascade rows of ``--cascade`` (and ``--cascade-variants``): label -> :func:`cascade_method` keywords.
 
     Default: the stop rule (q = ``DEFAULT_LOSS``, second-pass density ``DEFAULT_DENSITY``) with the toy's data power
-    and with unit power (the WebUI's), the default handover, bilinear; for factors with several prime levels also
-    the chain. Variants: every handover, the other upscalers, and fixed hires strengths 0.3, 0.5 and 0.7 in place
-    of the rule."""
-    h, g = DEFAULT_HANDOVER, f"{grid} grid"
+    and with unit power (the WebUI's stop), the toy's handover (``TOY_HANDOVER``), bilinear; for factors with several
+    prime levels also the chain (with the library's ``DEFAULT_HANDOVER``). Variants: every handover, the other
+    upscalers, and fixed hires strengths 0.3, 0.5 and 0.7 in place of the rule."""
+    h, g = cascade_runs.TOY_HANDOVER, f"{grid} grid"
     q = f"{DEFAULT_LOSS}" + ("" if DEFAULT_DENSITY == 1 else f", density {DEFAULT_DENSITY}")
     rows: dict[str, dict[str, Any]] = {
         f"cascade (q {q}, data power, {h}, bilinear, {g})": {},
         f"cascade (q {q}, unit power, {h}, bilinear, {g})": {"power": 1.0},
     }
     if len(G.factor_levels(*factor)) > 1:
-        rows[f"cascade chain (q {q}, data power, {h}, bilinear, {g})"] = {"chain": True}
-        rows[f"cascade chain (q {q}, unit power, {h}, bilinear, {g})"] = {"chain": True, "power": 1.0}
+        c = DEFAULT_HANDOVER
+        rows[f"cascade chain (q {q}, data power, {c}, bilinear, {g})"] = {"chain": True, "handover": c}
+        rows[f"cascade chain (q {q}, unit power, {c}, bilinear, {g})"] = {"chain": True, "power": 1.0, "handover": c}
     if variants:
-        for mode in ("fresh", "noisy", "renoise"):
+        for mode in HANDOVERS:
             if mode != h:
                 rows[f"cascade (q {q}, data power, {mode}, bilinear, {g})"] = {"handover": mode}
         for up in ("bicubic", "nearest-exact"):

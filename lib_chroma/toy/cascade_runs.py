@@ -24,6 +24,10 @@ from . import runs
 from .sampling import initial_noise, make_denoiser
 
 NATIVE = 32
+#: The toy's handover for one handover, measured best on it held out (docs/theory.md §8, "Which handover, per
+#: model"): ``renoise`` keeps the native trajectory's coarse state and with it the native pass's failed faces. A chain
+#: keeps :data:`lib_chroma.cascade.DEFAULT_HANDOVER` (``fresh`` lost faces there).
+TOY_HANDOVER = "fresh"
 
 
 def toy_cascade(factor: tuple[int, int], steps: int, sampler: str = runs.DEFAULT_SAMPLER, **kw) -> CascadePlan:
@@ -92,7 +96,7 @@ def run_cascade(
     plan: CascadePlan,
     seed: int,
     *,
-    handover_mode: str = "fresh",
+    handover_mode: str = TOY_HANDOVER,
     upscaler: str = "bilinear",
     sampler: str = runs.DEFAULT_SAMPLER,
     batch: int = 32,

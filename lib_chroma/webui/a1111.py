@@ -19,7 +19,8 @@ The cascade ("Cascade (faster)", :mod:`lib_chroma.webui.cascade_hooks`) is A1111
 - ``process_before_every_sampling``: the first pass's sampler gets the user's sigmas up to the stop sigma and
   then 0 (its last call's x0 prediction is its output), the hires pass's sampler the second-pass sigmas, and the
   hires noise becomes the renoise handover's (the first pass's last latent and CFG-combined x0 are kept from its
-  last model call, through ``on_cfg_denoised`` and ``on_cfg_after_cfg``). A cascade that fails after
+  last model call, through ``on_cfg_denoised`` and ``on_cfg_after_cfg``; with ``cascade_setup.HANDOVER = "fresh"``
+  nothing is kept and A1111's noise stays). A cascade that fails after
   ``before_process`` leaves A1111's hires fix as set up, unguided, with ``RC error``.
 - every model call of an enabled generation is timed and its pixels counted (debug record ``model_seconds``,
   ``pixel_evals``), guided or not.
@@ -221,9 +222,9 @@ def on_cfg_denoised(params: Any) -> None:
     if st.current is None or st.pending is None:
         return
     rec, st.pending = st.pending, None
-    if st.cascade is not None and not st.current.hires:
-        # every native-pass call, the last one (at sigma_k) kept: its latent (one uncond row per image) and,
-        # after CFG, its x0
+    if st.cascade is not None and not st.current.hires and CS.HANDOVER == "renoise":
+        # every native-pass call, the last one (at sigma_k) kept for the renoise handover: its latent (one uncond
+        # row per image) and, after CFG, its x0
         b = cond_len(rec.text_uncond)
         st.handover = {"x_k": rec.x[-b:].detach().clone(), "x0": None, "sigma": float(rec.sigma[-1])}
     try:

@@ -43,7 +43,8 @@ whose label contains TEXT.
 the WebUI's stop rule (unit power) and the same with the latents' measured power (``--cascade-loss Q``: and with
 other loss bounds; ``--cascade-rule Q,D``: loss bound Q and second-pass density D), the full-size pass guided with
 the WebUI's window; each with A1111's "Latent" upscaler (bilinear latents) and with an image upscaler (decode,
-bilinear pixels, encode) for the first pass's x0 prediction.
+bilinear pixels, encode) for the first pass's x0 prediction; the library's handover (``--cascade-handover H``: also
+with handover H).
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
@@ -68,7 +69,7 @@ from typing import Any
 
 import torch
 
-from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_LOSS, CascadePlan, plan_cascade
+from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, DEFAULT_LOSS, HANDOVERS, CascadePlan, plan_cascade
 from lib_chroma.guidance import GuidancePlan, factor_levels
 from lib_chroma.settings import LATENT_Q_END
 from lib_chroma.toy import peers as P
@@ -286,14 +287,16 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                plans: dict[str, dict[str, Any]], baselines: bool = True, batch: int = 16,
                peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False,
                cascade_losses: tuple[float, ...] = (), cascade_resampled: bool = False,
-               cascade_rules: tuple[tuple[float, float], ...] = ()) -> list[dict[str, Any]]:
+               cascade_rules: tuple[tuple[float, float], ...] = (),
+               cascade_handovers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
     seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
     :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`) and DemoFusion
     (its native pass is the native row's, whose cost it includes). ``skip``: guided and peer rows whose label
     contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows (``cascade_losses``,
     ``cascade_rules``: its extra loss bounds and (loss, density) rules; ``cascade_resampled``: also with the fitted
-    resamplers, :data:`CASCADE_RESAMPLED_UPSCALERS`)."""
+    resamplers, :data:`CASCADE_RESAMPLED_UPSCALERS`; ``cascade_handovers``: also with these handovers, each named in
+    its label)."""
     prompts = text.prompt_set(n, seed)
     unet = runs.CountingUNet(model.unet)
     size, grid = NATIVE_LATENT * m, m * F_DOWN
@@ -347,18 +350,20 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
     cplans = cascade_plans(model, m, steps, sampler, cascade_losses, cascade_rules) if cascade else {}
+    handovers = (DEFAULT_HANDOVER, *(h for h in cascade_handovers if h != DEFAULT_HANDOVER))
     for base, cplan in cplans.items():
         ups = {**CASCADE_UPSCALERS, **(CASCADE_RESAMPLED_UPSCALERS if cascade_resampled else {})}
         for what, upscaler in ups.items():
-            label = f"{base}, {what}"
-            if any(t in label for t in skip):
-                continue
-            rsm = _resamplers(model) if what.startswith("fitted") else None
-            unet.reset()
-            t0 = time.time()
-            z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
-                                 upscaler=upscaler, resamplers=rsm)
-            rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
+            for handover in handovers:
+                label = f"{base}, {what}" + ("" if handover == DEFAULT_HANDOVER else f", {handover} handover")
+                if any(t in label for t in skip):
+                    continue
+                rsm = _resamplers(model) if what.startswith("fitted") else None
+                unet.reset()
+                t0 = time.time()
+                z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
+                                     upscaler=upscaler, resamplers=rsm, handover_mode=handover)
+                rows.append(_row(label, runs.decode(model, z), prompts, grid, unet, time.time() - t0, tag=tag))
     if peers:
         pm = P.toy_map(model.unet)
         for label, (name, guided, bypass) in PEER_ROWS.items():
@@ -477,6 +482,9 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="with --cascade: also the WebUI's rule with loss bound Q (repeatable)")
     p.add_argument("--cascade-rule", action="append", default=[], metavar="Q,D",
                    help="with --cascade: also the rule with loss bound Q and second-pass density D (repeatable)")
+    p.add_argument("--cascade-handover", action="append", default=[], choices=HANDOVERS, metavar="H",
+                   help=f"with --cascade: also every cascade row with handover H (default {DEFAULT_HANDOVER}; "
+                        f"one of {', '.join(HANDOVERS)}; repeatable)")
     p.add_argument("--cascade-resampled", action="store_true",
                    help="with --cascade: also the cascades with the fitted resamplers (guided stages and handover)")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
@@ -522,7 +530,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                                        cascade=args.cascade, cascade_losses=tuple(args.cascade_loss),
                                        cascade_resampled=args.cascade_resampled,
                                        cascade_rules=tuple(tuple(float(v) for v in r.split(","))
-                                                           for r in args.cascade_rule))
+                                                           for r in args.cascade_rule),
+                                       cascade_handovers=tuple(args.cascade_handover))
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)
