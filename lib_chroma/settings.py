@@ -56,6 +56,7 @@ __all__ = [
     "INFOTEXT_MARKER",
     "TITLE",
     "LATENT_Q_END",
+    "LATENT_CASCADE_LOSS",
 ]
 
 #: The Script title: the accordion label and the API key of ``alwayson_scripts`` (matched case-insensitively).
@@ -126,6 +127,12 @@ LEGACY_GRID = "fixed"
 #: model)", docs/theory.md §10): at 2× the later the end, the fewer deformed faces (DPM++ 2M Karras 20, CFG 5:
 #: q 0.98 0.46, 0.995 0.63, 0.999 0.70, 1 0.74 proper faces; native 0.94).
 LATENT_Q_END = 1.0
+#: The cascade's loss bound q for latent models (the WebUI's stop rule, ``lib_chroma.cascade.stop_sigma``): the
+#: native pass stops once the octave below its pixels would be 5 % formed (``lib_chroma.cascade.DEFAULT_LOSS``, 0.1,
+#: is the pixel toy's, where 0.05 raised blockiness). Chosen on the latent model's tuning seeds 6000–6127 (proper
+#: faces at or above q 0.1's in DPM++ 2M CFG 5 / CFG 7 and Euler a 30) and confirmed on 128 held-out samples per cell
+#: (seeds 5000–5127, Latent upscaler: 0.75 / 0.70 / 0.74 against 0.73 / 0.64 / 0.70; docs/theory.md §8).
+LATENT_CASCADE_LOSS = 0.05
 
 #: The table. ORDER MATTERS: it is the positional API order; append new fields at the end only.
 FIELDS: tuple[FieldSpec, ...] = (

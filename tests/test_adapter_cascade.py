@@ -86,7 +86,7 @@ def test_cascade_turns_txt2img_into_the_planned_hires_fix(web):
     inner = Inner()
     seen = run_cascade(web, p, [{"cascade": True}], inner)
     user = sampler_sigmas("DPM++ 2M", "Karras", 20, model_schedule("sd1"))
-    plan = plan_cascade(user.float().double(), (2, 2), power=CS.CASCADE_POWER,
+    plan = plan_cascade(user.float().double(), (2, 2), power=CS.CASCADE_POWER, loss=S.LATENT_CASCADE_LOSS,
                         guidance=CS.guidance_kwargs(S.RCSettings()))
     nat, full = plan.stages
     assert (p.width, p.height, p.enable_hr, p.hr_resize_x, p.hr_resize_y) == (512, 512, True, 1024, 1024)

@@ -34,7 +34,6 @@ from lib_chroma import settings as S
 from lib_chroma.cascade import (
     DEFAULT_DENSITY,
     DEFAULT_HANDOVER,
-    DEFAULT_LOSS,
     CascadeCost,
     CascadePlan,
     pass_cost,
@@ -170,7 +169,7 @@ def setup_cascade(
     *,
     sigmas: list[float] | torch.Tensor | None = None,
     hr_sampler: str | None = None,
-    loss: float = DEFAULT_LOSS,
+    loss: float = S.LATENT_CASCADE_LOSS,
     density: float = DEFAULT_DENSITY,
 ) -> CascadeSetup | str:
     """The cascade to ``width × height`` (the output size), or the reason it steps aside.
