@@ -141,7 +141,7 @@ class CascadeSetup:
         return self.plan.cost(self.calls_per_step, self.second_call)
 
     def readout(self) -> str:
-        """``native 512² steps 1–9, then 1024² steps 7–20 in 7 steps, guided 7–20 · ≈0.55× plain model time``
+        """``native 512² steps 1–8, then 1024² steps 5–20 in 8 steps, guided 5–20 · ≈0.60× plain model time``
         (1-based, inclusive user steps; "in n steps" when the second pass thins the user's schedule)."""
         nat, full = self.plan.stages
         a, b = nat.user_steps
