@@ -69,7 +69,7 @@ from typing import Any
 
 import torch
 
-from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, HANDOVERS, CascadePlan, plan_cascade
+from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, CascadePlan, plan_cascade
 from lib_chroma.guidance import GuidancePlan, factor_levels
 from lib_chroma.settings import LATENT_CASCADE_LOSS, LATENT_Q_END
 from lib_chroma.toy import peers as P
@@ -482,9 +482,9 @@ def bench_main(argv: list[str] | None = None) -> int:
                    help="with --cascade: also the WebUI's rule with loss bound Q (repeatable)")
     p.add_argument("--cascade-rule", action="append", default=[], metavar="Q,D",
                    help="with --cascade: also the rule with loss bound Q and second-pass density D (repeatable)")
-    p.add_argument("--cascade-handover", action="append", default=[], choices=HANDOVERS, metavar="H",
-                   help=f"with --cascade: also every cascade row with handover H (default {DEFAULT_HANDOVER}; "
-                        f"one of {', '.join(HANDOVERS)}; repeatable)")
+    p.add_argument("--cascade-handover", action="append", default=[], choices=("fresh", "renoise"), metavar="H",
+                   help=f"with --cascade: also every cascade row with handover H (default {DEFAULT_HANDOVER}; fresh or "
+                        "renoise, the two an image upscaler allows; repeatable)")
     p.add_argument("--cascade-resampled", action="store_true",
                    help="with --cascade: also the cascades with the fitted resamplers (guided stages and handover)")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
