@@ -354,11 +354,11 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
     for base, cplan in cplans.items():
         ups = {**CASCADE_UPSCALERS, **(CASCADE_RESAMPLED_UPSCALERS if cascade_resampled else {})}
         for what, upscaler in ups.items():
+            rsm = _resamplers(model) if what.startswith("fitted") else None  # once for all its handovers
             for handover in handovers:
                 label = f"{base}, {what}" + ("" if handover == DEFAULT_HANDOVER else f", {handover} handover")
                 if any(t in label for t in skip):
                     continue
-                rsm = _resamplers(model) if what.startswith("fitted") else None
                 unet.reset()
                 t0 = time.time()
                 z = runs.run_cascade(model, unet, prompts, cplan, seed, cfg=cfg, sampler=sampler, batch=batch,
