@@ -57,6 +57,9 @@ __all__ = [
     "TITLE",
     "LATENT_Q_END",
     "LATENT_CASCADE_LOSS",
+    "LATENT_CASCADE_LOSS_LARGE",
+    "LATENT_CASCADE_LARGE_RHO",
+    "latent_cascade_loss",
 ]
 
 #: The Script title: the accordion label and the API key of ``alwayson_scripts`` (matched case-insensitively).
@@ -127,12 +130,28 @@ LEGACY_GRID = "fixed"
 #: model)", docs/theory.md §10): at 2× the later the end, the fewer deformed faces (DPM++ 2M Karras 20, CFG 5:
 #: q 0.98 0.46, 0.995 0.63, 0.999 0.70, 1 0.74 proper faces; native 0.94).
 LATENT_Q_END = 1.0
-#: The cascade's loss bound q for latent models (the WebUI's stop rule, ``lib_chroma.cascade.stop_sigma``): the
-#: native pass stops once the octave below its pixels would be 5 % formed (``lib_chroma.cascade.DEFAULT_LOSS``, 0.1,
-#: is the pixel toy's, where 0.05 raised blockiness). Chosen on the latent model's tuning seeds 6000–6127 (proper
-#: faces at or above q 0.1's in DPM++ 2M CFG 5 / CFG 7 and Euler a 30) and confirmed on 128 held-out samples per cell
-#: (seeds 5000–5127, Latent upscaler: 0.75 / 0.70 / 0.74 against 0.73 / 0.64 / 0.70; docs/theory.md §8).
+#: The cascade's loss bound q for latent models up to 3× (the WebUI's stop rule, ``lib_chroma.cascade.stop_sigma``,
+#: through :func:`latent_cascade_loss`): the native pass stops once the octave below its pixels would be 5 % formed
+#: (``lib_chroma.cascade.DEFAULT_LOSS``, 0.1, is the pixel toy's, where 0.05 raised blockiness). Chosen on the latent
+#: model's tuning seeds 6000–6127 (2×: proper faces at or above q 0.1's in DPM++ 2M CFG 5 / CFG 7 and Euler a 30) and
+#: confirmed on 128 held-out samples per cell (seeds 5000–5127, Latent upscaler: 0.75 / 0.70 / 0.74 against 0.73 /
+#: 0.64 / 0.70; docs/theory.md §8).
 LATENT_CASCADE_LOSS = 0.05
+#: ... and above ``LATENT_CASCADE_LARGE_RHO`` (the factor's area root ``ρ = sqrt(m_h m_w)``, so 4× and 4 × 3, not 3×
+#: nor 4 × 2) q 0.1: there q 0.05 starts the full-size pass near the top of the schedule (4×, DPM++ 2M Karras 20:
+#: sigma 10.6 of 14.6, 0.62× plain's pixel-evaluations) for no more faces than q 0.1 (sigma 8.0, 0.55×): tuning seeds
+#: 6000–6127 0.59 against 0.59, held out 0.52 against 0.54 (one object 0.94 against 0.98); at 3× the two cost the same
+#: and q 0.05 kept more faces on the tuning seeds (0.73 against 0.70; docs/theory.md §8).
+LATENT_CASCADE_LOSS_LARGE = 0.1
+LATENT_CASCADE_LARGE_RHO = 3.0
+
+
+def latent_cascade_loss(factor: tuple[int, int]) -> float:
+    """The WebUI's cascade loss bound for a per-axis ``factor``: ``LATENT_CASCADE_LOSS`` while ``sqrt(m_h m_w) <=
+    LATENT_CASCADE_LARGE_RHO``, ``LATENT_CASCADE_LOSS_LARGE`` above."""
+    rho = math.sqrt(factor[0] * factor[1])
+    return LATENT_CASCADE_LOSS if rho <= LATENT_CASCADE_LARGE_RHO + 1e-9 else LATENT_CASCADE_LOSS_LARGE
+
 
 #: The table. ORDER MATTERS: it is the positional API order; append new fields at the end only.
 FIELDS: tuple[FieldSpec, ...] = (

@@ -54,6 +54,22 @@ def test_readout_states_the_cost_of_every_mode():
                                                                     "stop and resume")
 
 
+def test_cascade_loss_bound_follows_the_factor():
+    from lib_chroma.webui.cascade_setup import setup_cascade
+
+    cas = S.RCSettings(enabled=True, cascade=True)
+    # q 0.05 up to ρ = sqrt(m_h m_w) = 3, q 0.1 above (settings.latent_cascade_loss)
+    got = {wh: setup_cascade(cas, "sd1", "DPM++ 2M", "Karras", 20, *wh) for wh in
+           ((1024, 1024), (1536, 1536), (2048, 1024), (2048, 1536), (2048, 2048))}
+    assert {wh: st.plan.loss for wh, st in got.items()} == {
+        (1024, 1024): 0.05, (1536, 1536): 0.05, (2048, 1024): 0.05, (2048, 1536): 0.1, (2048, 2048): 0.1}
+    # at 4× q 0.05 would start the full-size pass higher and cost more (0.62× against 0.55×)
+    q05 = setup_cascade(cas, "sd1", "DPM++ 2M", "Karras", 20, 2048, 2048, loss=0.05)
+    assert q05.plan.loss == 0.05 and q05.plan.stages[1].start > got[(2048, 2048)].plan.stages[1].start
+    assert q05.rel_cost > got[(2048, 2048)].rel_cost
+    assert got[(2048, 2048)].rel_cost < 0.56
+
+
 def test_svg_changes_with_steps_and_width():
     vals = S.RCSettings(enabled=True).to_dict()
     a = preview(vals, "Euler", "Automatic", 20, 1024, 1024)[1]

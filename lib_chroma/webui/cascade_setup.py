@@ -169,14 +169,15 @@ def setup_cascade(
     *,
     sigmas: list[float] | torch.Tensor | None = None,
     hr_sampler: str | None = None,
-    loss: float = S.LATENT_CASCADE_LOSS,
+    loss: float | None = None,
     density: float = DEFAULT_DENSITY,
 ) -> CascadeSetup | str:
     """The cascade to ``width × height`` (the output size), or the reason it steps aside.
 
     ``sigmas``: the first pass's actual sigma sequence for ``steps`` (A1111's ``get_sigmas``); default: the
     family's schedule through :func:`lib_chroma.schedule.sampler_sigmas`. ``loss``, ``density``: the stop rule's
-    bound and the second pass's step density (:func:`lib_chroma.cascade.plan_cascade`)."""
+    bound (default :func:`lib_chroma.settings.latent_cascade_loss` of the factor) and the second pass's step density
+    (:func:`lib_chroma.cascade.plan_cascade`)."""
     why = cascade_unavailable(sampler, hr_sampler)
     if why:
         return why
@@ -188,7 +189,8 @@ def setup_cascade(
     if sigmas is None:
         sigmas = sampler_sigmas(sampler, scheduler or "Automatic", int(steps), model_schedule(family),
                                 ays_table=MODEL_FAMILIES[family]["ays"])
-    plan = plan_cascade(sigmas, (fh, fw), loss=loss, power=CASCADE_POWER, density=density,
+    q = S.latent_cascade_loss((fh, fw)) if loss is None else loss
+    plan = plan_cascade(sigmas, (fh, fw), loss=q, power=CASCADE_POWER, density=density,
                         guidance=guidance_kwargs(s))
     if plan is None:
         return f"{int(steps)} steps leave no step to stop the native pass at"

@@ -71,7 +71,7 @@ import torch
 
 from lib_chroma.cascade import DEFAULT_DENSITY, DEFAULT_HANDOVER, CascadePlan, plan_cascade
 from lib_chroma.guidance import GuidancePlan, factor_levels
-from lib_chroma.settings import LATENT_CASCADE_LOSS, LATENT_Q_END
+from lib_chroma.settings import LATENT_Q_END, latent_cascade_loss
 from lib_chroma.toy import peers as P
 
 from . import data, runs, scorer, switching, text
@@ -254,18 +254,19 @@ CASCADE_RESAMPLED_UPSCALERS = {"fitted resamplers, Latent upscaler": "bilinear",
 def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
                   losses: tuple[float, ...] = (), rules: tuple[tuple[float, float], ...] = ()
                   ) -> dict[str, CascadePlan]:
-    """``--cascade`` rows: the WebUI's rule (unit power, loss ``LATENT_CASCADE_LOSS``, its guidance held to
-    ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; ``losses``:
+    """``--cascade`` rows: the WebUI's rule (unit power, loss ``latent_cascade_loss`` of the factor, its guidance held
+    to ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; ``losses``:
     the WebUI's rule with these loss bounds q as well (``--cascade-loss``); ``rules``: (loss, density) pairs, unit
     power (``--cascade-rule``). Labels name the stages' user steps (1-based), the full-size pass's model steps when it
     thins the user's schedule, and its guided steps."""
     sig = runs.latent_sigmas(sampler, steps)
     out: dict[str, CascadePlan] = {}
-    todo = [("the WebUI's rule, unit power", 1.0, LATENT_CASCADE_LOSS, DEFAULT_DENSITY)]
+    q_webui = latent_cascade_loss((m, m))
+    todo = [("the WebUI's rule, unit power", 1.0, q_webui, DEFAULT_DENSITY)]
     if "level_power" in model.meta:
         power = float(model.meta["level_power"]["1"])
-        todo.append((f"latent power {power:.2f}", power, LATENT_CASCADE_LOSS, DEFAULT_DENSITY))
-    todo += [(f"unit power, q {q:g}", 1.0, q, DEFAULT_DENSITY) for q in losses if q != LATENT_CASCADE_LOSS]
+        todo.append((f"latent power {power:.2f}", power, q_webui, DEFAULT_DENSITY))
+    todo += [(f"unit power, q {q:g}", 1.0, q, DEFAULT_DENSITY) for q in losses if q != q_webui]
     todo += [(f"unit power, q {q:g}, density {d:g}", 1.0, q, d) for q, d in rules]
     for what, power, loss, density in todo:
         plan = plan_cascade(sig, (m, m), power=power, loss=loss, density=density, guidance={"q_end": LATENT_Q_END})
