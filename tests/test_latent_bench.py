@@ -159,3 +159,22 @@ def test_cascade_handovers_add_labelled_rows(tiny: LatentModel, monkeypatch) -> 
                             batch=2, cascade=True, cascade_handovers=("fresh", "renoise"), skip=("image",))
     labels = [r["method"] for r in rows[2:]]
     assert len(labels) == 2 and labels[1] == labels[0] + ", fresh handover" and seen == ["renoise", "fresh"]
+
+
+def test_cascade_resampled_rows_name_their_upscalers(tiny: LatentModel, monkeypatch) -> None:
+    """``--cascade-resampled``: the cascade again with the fitted resamplers in its guided pass, handed over by A1111's
+    Latent upscaler, through the images (an image upscaler) and by the fitted ``up``; pooling rows carry none."""
+    seen = []
+    real = runs.run_cascade
+
+    def spy(*a, **kw):
+        seen.append((kw["upscaler"], kw["resamplers"] is not None))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runs, "run_cascade", spy)
+    rows = bench.run_factor(tiny, 2, n=2, seed=5000, cfg=5.0, sampler="euler", steps=8, plans={}, baselines=False,
+                            batch=2, cascade=True, cascade_resampled=True)
+    ends = [r["method"].rsplit(": ", 1)[-1].split(", ", 1)[-1] for r in rows[2:]]
+    assert ends == ["Latent upscaler", "image upscaler", "fitted resamplers, Latent upscaler",
+                    "fitted resamplers, image upscaler", "fitted resamplers, fitted up"]
+    assert seen == [("bilinear", False), ("pixel", False), ("bilinear", True), ("pixel", True), ("fitted", True)]

@@ -248,6 +248,7 @@ def demofusion_label(m: int) -> str:
 CASCADE_UPSCALERS = {"Latent upscaler": "bilinear", "image upscaler": "pixel"}
 #: ``--cascade-resampled``: the same cascades with the fitted resamplers in the guided stages, enlarged by these
 CASCADE_RESAMPLED_UPSCALERS = {"fitted resamplers, Latent upscaler": "bilinear",
+                               "fitted resamplers, image upscaler": "pixel",
                                "fitted resamplers, fitted up": "fitted"}
 
 
