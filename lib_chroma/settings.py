@@ -149,8 +149,9 @@ LATENT_CASCADE_LARGE_RHO = 3.0
 def latent_cascade_loss(factor: tuple[int, int]) -> float:
     """The WebUI's cascade loss bound for a per-axis ``factor``: ``LATENT_CASCADE_LOSS`` while ``sqrt(m_h m_w) <=
     LATENT_CASCADE_LARGE_RHO``, ``LATENT_CASCADE_LOSS_LARGE`` above."""
-    rho = math.sqrt(factor[0] * factor[1])
-    return LATENT_CASCADE_LOSS if rho <= LATENT_CASCADE_LARGE_RHO + 1e-9 else LATENT_CASCADE_LOSS_LARGE
+    # compared as areas (ρ² = m_h m_w): exact for integer factors, no square root to round
+    area = factor[0] * factor[1]
+    return LATENT_CASCADE_LOSS if area <= LATENT_CASCADE_LARGE_RHO**2 else LATENT_CASCADE_LOSS_LARGE
 
 
 #: The table. ORDER MATTERS: it is the positional API order; append new fields at the end only.
