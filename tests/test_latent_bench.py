@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_chroma.guidance import DEFAULT_Q_END, DEFAULT_SCALE, GuidancePlan
-from lib_chroma.toy.latent import bench, runs
+from lib_chroma.toy.latent import bench, runs, text
 from lib_chroma.toy.latent.autoencoder import AutoEncoder
 from lib_chroma.toy.latent.text import TextEncoder
 from lib_chroma.toy.latent.train import LatentModel
@@ -99,6 +99,21 @@ def test_cascade_row_stops_early_and_costs_less_than_plain(tiny: LatentModel) ->
         assert row["calls_by_size"]["32x32"] == full.steps < 8 and row["calls_by_size"]["16x16"] > native.steps
         assert row["pixel_evals_x"] < 1.0
     assert rows[2]["proper_face"] is not None and rows[2]["detail"] != rows[3]["detail"]  # the upscalers differ
+
+
+def test_cascade_chain_rows_pass_through_every_level(tiny: LatentModel) -> None:
+    """``--cascade-chain``: at 4× a third stage at 2× between the native and the full-size one; none at 2×."""
+    assert list(bench.cascade_plans(tiny, 2, 8, "euler", chain=True)) == list(bench.cascade_plans(tiny, 2, 8, "euler"))
+    plans = bench.cascade_plans(tiny, 4, 12, "euler", chain=True)
+    label, chain = list(plans.items())[-1]
+    assert label.startswith("cascade, chain, the WebUI's rule, unit power: 64² steps 1–")
+    assert [st.factor for st in chain.stages] == [(1, 1), (2, 2), (4, 4)] and label.count(" → ") == 2
+    assert " → 128² steps " in label and " → 256² steps " in label
+    unet = runs.CountingUNet(tiny.unet)
+    runs.run_cascade(tiny, unet, text.prompt_set(1, 5000), chain, 5000, sampler="euler", batch=1)
+    a, b, c = chain.stages
+    assert unet.calls[(64, 64)] == c.steps and c.steps < 12  # Euler: one call per step, the last stage thinned
+    assert unet.calls[(32, 32)] >= b.steps > 0 and unet.calls[(16, 16)] >= a.steps > 0  # the 2× stage ran
 
 
 def test_cascade_losses_stop_the_native_pass_later() -> None:

@@ -253,24 +253,29 @@ CASCADE_RESAMPLED_UPSCALERS = {"fitted resamplers, Latent upscaler": "bilinear",
 
 
 def cascade_plans(model: LatentModel, m: int, steps: int, sampler: str,
-                  losses: tuple[float, ...] = (), rules: tuple[tuple[float, float], ...] = ()
-                  ) -> dict[str, CascadePlan]:
+                  losses: tuple[float, ...] = (), rules: tuple[tuple[float, float], ...] = (),
+                  chain: bool = False) -> dict[str, CascadePlan]:
     """``--cascade`` rows: the WebUI's rule (unit power, loss ``latent_cascade_loss`` of the factor, its guidance held
     to ``LATENT_Q_END``) and the same rule with the latents' measured level-1 power when that moves a step; ``losses``:
     the WebUI's rule with these loss bounds q as well (``--cascade-loss``); ``rules``: (loss, density) pairs, unit
-    power (``--cascade-rule``). Labels name the stages' user steps (1-based), the full-size pass's model steps when it
+    power (``--cascade-rule``); ``chain``: the WebUI's rule as a chain too, one stage per level of a factor with
+    several (4× = 1× → 2× → 4×, ``--cascade-chain``; the WebUI's hires fix has one handover, so this is the bench's
+    only). Labels name the stages' user steps (1-based), the full-size pass's model steps when it
     thins the user's schedule, and its guided steps."""
     sig = runs.latent_sigmas(sampler, steps)
     out: dict[str, CascadePlan] = {}
     q_webui = latent_cascade_loss((m, m))
-    todo = [("the WebUI's rule, unit power", 1.0, q_webui, DEFAULT_DENSITY)]
+    todo = [("the WebUI's rule, unit power", 1.0, q_webui, DEFAULT_DENSITY, False)]
     if "level_power" in model.meta:
         power = float(model.meta["level_power"]["1"])
-        todo.append((f"latent power {power:.2f}", power, q_webui, DEFAULT_DENSITY))
-    todo += [(f"unit power, q {q:g}", 1.0, q, DEFAULT_DENSITY) for q in losses if q != q_webui]
-    todo += [(f"unit power, q {q:g}, density {d:g}", 1.0, q, d) for q, d in rules]
-    for what, power, loss, density in todo:
-        plan = plan_cascade(sig, (m, m), power=power, loss=loss, density=density, guidance={"q_end": LATENT_Q_END})
+        todo.append((f"latent power {power:.2f}", power, q_webui, DEFAULT_DENSITY, False))
+    todo += [(f"unit power, q {q:g}", 1.0, q, DEFAULT_DENSITY, False) for q in losses if q != q_webui]
+    todo += [(f"unit power, q {q:g}, density {d:g}", 1.0, q, d, False) for q, d in rules]
+    if chain and len(factor_levels(m, m, nested=True)) > 1:
+        todo.append(("chain, the WebUI's rule, unit power", 1.0, q_webui, DEFAULT_DENSITY, True))
+    for what, power, loss, density, chained in todo:
+        plan = plan_cascade(sig, (m, m), power=power, loss=loss, density=density, chain=chained,
+                            guidance={"q_end": LATENT_Q_END})
         if plan is None:
             continue
         parts = []
@@ -290,13 +295,14 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                peers: bool = False, skip: tuple[str, ...] = (), cascade: bool = False,
                cascade_losses: tuple[float, ...] = (), cascade_resampled: bool = False,
                cascade_rules: tuple[tuple[float, float], ...] = (),
-               cascade_handovers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+               cascade_handovers: tuple[str, ...] = (), cascade_chain: bool = False) -> list[dict[str, Any]]:
     """The rows of factor ``m`` (module docstring); colour shift against the native row of the same prompts and
     seeds, costs relative to ``plain``. ``peers``: the :data:`PEER_ROWS` (the UNet-patching peers of
     :mod:`lib_chroma.toy.peers` on the latent UNet, mapped by :func:`lib_chroma.toy.peers.toy_map`) and DemoFusion
     (its native pass is the native row's, whose cost it includes). ``skip``: guided and peer rows whose label
     contains one of these are left out. ``cascade``: the :func:`cascade_plans` rows (``cascade_losses``,
-    ``cascade_rules``: its extra loss bounds and (loss, density) rules; ``cascade_resampled``: also with the fitted
+    ``cascade_rules``: its extra loss bounds and (loss, density) rules; ``cascade_chain``: its chain row too;
+    ``cascade_resampled``: also with the fitted
     resamplers, :data:`CASCADE_RESAMPLED_UPSCALERS`; ``cascade_handovers``: also with these handovers, each named in
     its label)."""
     prompts = text.prompt_set(n, seed)
@@ -351,7 +357,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
                        "q_end": plan.q_end, "operator": plan.operator, "grid": plan.grid, "power": plan.power,
                        "window_steps": plan.window_steps(sig)}
         rows.append(row)
-    cplans = cascade_plans(model, m, steps, sampler, cascade_losses, cascade_rules) if cascade else {}
+    cplans = cascade_plans(model, m, steps, sampler, cascade_losses, cascade_rules, cascade_chain) if cascade else {}
     handovers = (DEFAULT_HANDOVER, *(h for h in cascade_handovers if h != DEFAULT_HANDOVER))
     for base, cplan in cplans.items():
         ups = {**CASCADE_UPSCALERS, **(CASCADE_RESAMPLED_UPSCALERS if cascade_resampled else {})}
@@ -487,6 +493,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--cascade-handover", action="append", default=[], choices=("fresh", "renoise"), metavar="H",
                    help=f"with --cascade: also every cascade row with handover H (default {DEFAULT_HANDOVER}; fresh or "
                         "renoise, the two an image upscaler allows; repeatable)")
+    p.add_argument("--cascade-chain", action="store_true",
+                   help="with --cascade: the WebUI's rule as a chain too at factors of several levels (4x: 1x 2x 4x)")
     p.add_argument("--cascade-resampled", action="store_true",
                    help="with --cascade: also the cascades with the fitted resamplers (guided stages and handover)")
     p.add_argument("--skip", action="append", default=[], metavar="TEXT",
@@ -533,7 +541,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                                        cascade_resampled=args.cascade_resampled,
                                        cascade_rules=tuple(tuple(float(v) for v in r.split(","))
                                                            for r in args.cascade_rule),
-                                       cascade_handovers=tuple(args.cascade_handover))
+                                       cascade_handovers=tuple(args.cascade_handover),
+                                       cascade_chain=args.cascade_chain)
             name = f"{'_'.join(f'{m}x' for m in factors)}_{args.sampler}_{steps}"
         for r in rows:
             r.pop("summary", None)
