@@ -44,7 +44,7 @@ the WebUI's stop rule (unit power) and the same with the latents' measured power
 other loss bounds; ``--cascade-rule Q,D``: loss bound Q and second-pass density D), the full-size pass guided with
 the WebUI's window; each with A1111's "Latent" upscaler (bilinear latents) and with an image upscaler (decode,
 bilinear pixels, encode) for the first pass's x0 prediction; the library's handover (``--cascade-handover H``: also
-with handover H).
+with handover H); ``--cascade-chain``: the WebUI's rule as a chain too, one stage per level (4×: 1× → 2× → 4×).
 
 ``--prompts``: the time-dependent prompt rows of :mod:`lib_chroma.toy.latent.switching` at each factor
 (``--factors 1 2``: native, and 2x under the library's default guidance) and CFG scale, and at native size when
