@@ -172,6 +172,34 @@ def test_worst_phase_blockiness_finds_a_pattern_off_the_grid() -> None:
     assert blockiness_worst(off, 8) == pytest.approx(blockiness(off[:, 5:, 5:], 8), rel=0.05)  # its phase, cropped
 
 
+def test_grid_over_cells_divides_out_a_cell_pattern_and_keeps_the_block_imprint() -> None:
+    """On white noise: a decoder-like pattern that repeats every 4 px raises phase-0 blockiness on the 8 px grid
+    but not ``grid_over_cells``; constant steps on 8 × 8 blocks (2 × 2 latent blocks) raise both; bad grids are
+    refused, and the latent scorer reports it only on grids of at least two cells."""
+    from lib_chroma.toy.latent.autoencoder import F_DOWN
+    from lib_chroma.toy.scorer import blockiness, grid_over_cells
+
+    noise = 0.05 * torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(1))
+    cell = torch.zeros(128, 128)
+    cell[3::4, :] += 0.15  # a bright line on the last row and column of every 4 px cell
+    cell[:, 3::4] += 0.15
+    steps = F.interpolate(0.08 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
+                          scale_factor=8, mode="nearest")[0]
+    plain, cells, blocks = noise.numpy(), (noise + cell).numpy(), (noise + steps).numpy()
+    assert blockiness(cells, 8) > blockiness(plain, 8) + 0.3  # phase 0 reads the cell pattern
+    assert grid_over_cells(plain, 8, 4) == pytest.approx(1.0, abs=0.05)
+    assert grid_over_cells(cells, 8, 4) == pytest.approx(1.0, abs=0.05)
+    assert grid_over_cells(cells, 12, 4) == pytest.approx(1.0, abs=0.05)
+    assert grid_over_cells(blocks, 8, 4) > 2 and blockiness(blocks, 8) > 2
+    for bad in ((4, 4), (6, 4), (8, 0)):
+        with pytest.raises(ValueError, match="grid"):
+            grid_over_cells(plain, *bad)
+    x, _ = data.make_batch(2, seed=6, h=128)
+    assert "grid_over_cells_8" in scorer.summarize(scorer.score_images(x, (8,)))
+    assert not any(k.startswith("grid_over_cells") for k in scorer.summarize(scorer.score_images(x, (6,))))
+    assert scorer.F_CELL == F_DOWN
+
+
 def test_colour_shift_measures_a_tint() -> None:
     x, scenes = data.make_batch(8, seed=7)
     ref = scorer.summarize(scorer.score_images(x))

@@ -143,6 +143,23 @@ def blockiness_worst(img: np.ndarray, grid: int | tuple[int, int]) -> float:
     return _geomean([max(_boundary_ratio(d, g, p) for p in range(g)) for g, d in _directions(img, grid)])
 
 
+def grid_over_cells(img: np.ndarray, grid: int, cell: int) -> float:
+    """The pooling grid's own pattern with a decoder's cell pattern divided out: the geometric mean over directions
+    of ``mean(d^2 across the g-grid's boundaries) / mean(d^2 across the other boundaries of the c-cell grid)``,
+    ``g`` a multiple ``m c`` of ``c`` (``m >= 2``). A decoder whose output repeats with its cell ``c`` (f px per
+    latent pixel) weighs every cell boundary alike, so only structure of the grid's period that the cell's does
+    not explain moves the ratio from 1 (a 2 x 2-latent block imprint reads above 1). Capped at ``BLOCK_CAP``."""
+    if cell < 1 or grid < 2 * cell or grid % cell:
+        raise ValueError(f"grid: must be a multiple >= 2 of cell {cell}, got {grid}")
+    ratios = []
+    for g, d2 in _directions(img, grid):
+        j = np.arange(d2.shape[-1]) + 1
+        on, other = j % g == 0, (j % cell == 0) & (j % g != 0)
+        a, b = float(np.mean(d2[..., on])), float(np.mean(d2[..., other]))
+        ratios.append(min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12)))
+    return _geomean(ratios)
+
+
 Component = tuple[float, np.ndarray, np.ndarray]  # (area in units^2, filled mask, own pixels)
 
 

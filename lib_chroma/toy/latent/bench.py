@@ -4,7 +4,8 @@ Every row samples ``n`` images with prompts naming all five attributes (:func:`t
 seed: prompt ``i`` and noise seed ``seed + i`` in every row, so rows differ only by method), decodes them and
 scores them in pixels (:mod:`lib_chroma.toy.latent.scorer`): one object, two eyes (one object with exactly two
 eyes), proper face, each prompt attribute (fraction of images whose reading matches the prompt), all attributes
-at once, detail, blockiness on the ``m f``-pixel grid (``f = 4``; 1 = no grid imprint), and the colour shift
+at once, detail, blockiness on the ``m f``-pixel grid (``f = 4``; 1 = no grid imprint; at phase 0, at the worst
+phase, and over the decoder's other cell boundaries, ``grid_over_cells``), and the colour shift
 ``||mean RGB - mean RGB of the native samples||``.
 
 Native rows (``--native``): 16 x 16 latents (64 px) at each CFG scale and sampler: the ceiling every factor row
@@ -183,6 +184,7 @@ def _row(label: str, imgs: torch.Tensor, prompts: list[dict[str, str]], grid: in
     if grid:
         row["blockiness"] = s[f"blockiness_{grid}"]
         row["blockiness_worst"] = s[f"blockiness_worst_{grid}"]
+        row["grid_over_cells"] = s[f"grid_over_cells_{grid}"]
     print(f"[{tag}] {_fmt(row)} seconds {row['seconds']}", flush=True)  # as it comes; the table follows
     if unet is not None:
         row["calls"] = sum(unet.calls.values())
@@ -407,7 +409,7 @@ def run_factor(model: LatentModel, m: int, n: int, seed: int, cfg: float, sample
 
 def _fmt(row: dict[str, Any]) -> str:
     parts = [f"{row['method']}:"] + [f"{k.replace('attr_', '')} {row[k]:.3f}" for k in SUMMARY_KEYS]
-    for k in ("blockiness", "colour_shift", "calls_x", "pixel_evals_x", "wall_x"):
+    for k in ("blockiness", "grid_over_cells", "colour_shift", "calls_x", "pixel_evals_x", "wall_x"):
         if k in row:
             parts.append(f"{k} {row[k]:.3f}")
     return " ".join(parts)
@@ -415,10 +417,10 @@ def _fmt(row: dict[str, Any]) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table of the rows."""
-    cols = ["method", *SUMMARY_KEYS, "blockiness", "blockiness_worst", "colour_shift", "calls_x", "pixel_evals_x",
-            "wall_x"]
+    cols = ["method", *SUMMARY_KEYS, "blockiness", "blockiness_worst", "grid_over_cells", "colour_shift", "calls_x",
+            "pixel_evals_x", "wall_x"]
     out = ["| " + " | ".join(c.replace("attr_", "") for c in cols) + " |", "|" + "---|" * len(cols)]
-    three = ("colour_shift", "blockiness", "blockiness_worst")  # columns read to 3 decimals
+    three = ("colour_shift", "blockiness", "blockiness_worst", "grid_over_cells")  # columns read to 3 decimals
     for r in rows:
         cells = [r["method"]] + [("" if c not in r else f"{r[c]:.2f}" if c not in three else f"{r[c]:.3f}")
                                  for c in cols[1:]]

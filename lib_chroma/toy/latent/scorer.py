@@ -33,7 +33,9 @@ Per image (:class:`ImageScore`):
   this ``H x W`` (1 = as detailed as the data).
 - ``blockiness[g]``: :func:`lib_chroma.toy.scorer.blockiness` on a ``g x g`` pixel grid; ``blockiness_worst[g]``:
   the same at the grid's worst phase (:func:`lib_chroma.toy.scorer.blockiness_worst`), which a decoder's cell
-  pattern cannot move off the grid.
+  pattern cannot move off the grid; ``grid_over_cells[g]``: :func:`lib_chroma.toy.scorer.grid_over_cells` with the
+  autoencoder's cell ``F_CELL`` = 4 px (grids that are multiples of at least 2 cells only), the grid's own pattern
+  with the decoder's cell pattern divided out.
 - ``mean_rgb``: the image's mean colour; ``face_rgb``: the face colour read above (NaN without a face).
   :func:`colour_shift` compares batches by these.
 """
@@ -60,6 +62,7 @@ from lib_chroma.toy.scorer import (
     finite_mean,
     geometry_fields,
     grid_key,
+    grid_over_cells,
     highpass_energy,
     light_components,
     masked_mean,
@@ -79,6 +82,9 @@ EYE_DEPTH = 0.4
 COHERENCE_SPLIT = 0.5
 SKEW_SPLIT = 0.8
 TEXTURE_WINDOW = 11.0
+#: The autoencoder's cell (``autoencoder.F_DOWN``): image pixels per latent pixel, whose pattern
+#: :func:`grid_over_cells` divides out.
+F_CELL = 4
 _PROTOS = np.asarray(list(data.COLOURS.values()))
 _NAMES = list(data.COLOURS)
 
@@ -105,6 +111,7 @@ class ImageScore:
     mean_rgb: tuple[float, float, float]
     face_rgb: tuple[float, float, float]
     blockiness_worst: dict[str, float] = dataclasses.field(default_factory=dict)
+    grid_over_cells: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -235,6 +242,8 @@ def score_image(img: object, grids: Sequence[int | tuple[int, int]] = ()) -> Ima
         detail=raw.detail_raw / reference_detail(h, w),
         blockiness={grid_key(g): blockiness(x, g) for g in grids},
         blockiness_worst={grid_key(g): blockiness_worst(x, g) for g in grids},
+        grid_over_cells={grid_key(g): grid_over_cells(x, g, F_CELL) for g in grids
+                         if isinstance(g, int) and g >= 2 * F_CELL and g % F_CELL == 0},
         mean_rgb=tuple(float(v) for v in x.mean(axis=(1, 2))),  # type: ignore[arg-type]
         face_rgb=raw.face_rgb,
     )
@@ -252,7 +261,7 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
     attributes each image was asked for; a missing key is not scored), ``attr_<name>`` is the fraction of the
     images asked for that attribute whose reading matches, and ``all_attrs`` the fraction matching every
     attribute asked for. ``detail`` and ``mean_r/g/b``, ``face_r/g/b`` are means (NaNs skipped);
-    ``blockiness_<g>`` and ``blockiness_worst_<g>`` the means per grid.
+    ``blockiness_<g>``, ``blockiness_worst_<g>`` and ``grid_over_cells_<g>`` the means per grid.
     """
     n = len(scores)
     out: dict[str, float] = {"n": float(n)}
@@ -271,6 +280,7 @@ def summarize(scores: Sequence[ImageScore], targets: Sequence[dict[str, str]] | 
     out["detail"] = finite_mean([s.detail for s in scores])
     out.update(blockiness_means(scores))
     out.update(blockiness_means(scores, "blockiness_worst"))
+    out.update(blockiness_means(scores, "grid_over_cells"))
     for i, c in enumerate("rgb"):
         out[f"mean_{c}"] = float(np.mean([s.mean_rgb[i] for s in scores]))
         out[f"face_{c}"] = finite_mean([s.face_rgb[i] for s in scores])
