@@ -117,7 +117,12 @@ def _boundary_ratio(d2: np.ndarray, g: int, phase: int) -> float:
     """``mean(d^2 across the boundaries) / mean(d^2 elsewhere)`` for boundaries after every ``g``-th difference,
     shifted by ``phase``, capped at ``BLOCK_CAP``; ``d2`` the squared differences."""
     pos = (np.arange(d2.shape[-1]) + 1 + phase) % g == 0
-    a, b = float(np.mean(d2[..., pos])), float(np.mean(d2[..., ~pos]))
+    return _masked_ratio(d2, pos, ~pos)
+
+
+def _masked_ratio(d2: np.ndarray, on: np.ndarray, other: np.ndarray) -> float:
+    """``mean(d^2 at on) / mean(d^2 at other)`` over the last axis, capped at ``BLOCK_CAP``."""
+    a, b = float(np.mean(d2[..., on])), float(np.mean(d2[..., other]))
     return min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12))
 
 
@@ -154,9 +159,7 @@ def grid_over_cells(img: np.ndarray, grid: int, cell: int) -> float:
     ratios = []
     for g, d2 in _directions(img, grid):
         j = np.arange(d2.shape[-1]) + 1
-        on, other = j % g == 0, (j % cell == 0) & (j % g != 0)
-        a, b = float(np.mean(d2[..., on])), float(np.mean(d2[..., other]))
-        ratios.append(min(BLOCK_CAP, (a + 1e-12) / (b + 1e-12)))
+        ratios.append(_masked_ratio(d2, j % g == 0, (j % cell == 0) & (j % g != 0)))
     return _geomean(ratios)
 
 
