@@ -471,7 +471,9 @@ def _guide(
     out = denoised + wt * corr
     if rs is not None and rs.keep != 1.0:  # damp the residual the re-pooled code does not explain, where guided
         resid = denoised - rs.up(den_down, size, off)
-        out = out - (1.0 - rs.keep) * (wt != 0).to(out.dtype) * resid
+        sf = sigma_full.detach().flatten().to(device=out.device, dtype=torch.float64)
+        on = (wt != 0) & (sf >= rs.damp_sigma_min).view_as(wt)
+        out = out - (1.0 - rs.keep) * on.to(out.dtype) * resid
     return out
 
 

@@ -23,6 +23,8 @@ part of the full-size prediction that its own re-pooled code does not explain th
 
     denoised' = denoised + w · up_lin(denoised_low - down(denoised)) - (1 - keep) · R
 
+on the guided rows whose full-size sigma is at least ``damp_sigma_min`` (below it, ``R`` is kept whole: the last
+steps of a sampler like DPM++ 2M return this prediction as the image, and damping there only blurs it).
 (the full-size model's own fine content is what paints native-size features into a large image at low noise;
 docs/theory.md §10).
 """
@@ -49,7 +51,7 @@ class LatentResampler:
     latents (module docstring). ``w_down`` (C, C, m_h + 2 p, m_w + 2 p), ``b_down`` (C,); ``w_up`` (C m_h m_w,
     C, 2 r + 1, 2 r + 1), ``b_up`` (C m_h m_w,); ``info``: how it was fitted (free-form, JSON-able). ``keep``:
     how guidance uses it, not part of the fit (not saved): the share of the residual ``R`` it keeps, in [0, 1]
-    (1: none damped)."""
+    (1: none damped); ``damp_sigma_min``: the full-size sigma below which nothing is damped (0: damped to the end)."""
 
     factor: Factor
     w_down: torch.Tensor
@@ -58,9 +60,11 @@ class LatentResampler:
     b_up: torch.Tensor
     info: Mapping[str, object]
     keep: float = 1.0
+    damp_sigma_min: float = 0.0
 
     def __post_init__(self) -> None:
         check_number("keep", self.keep, 0.0, 1.0)
+        check_number("damp_sigma_min", self.damp_sigma_min, 0.0)
 
     @property
     def pad_down(self) -> int:

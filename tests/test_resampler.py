@@ -123,6 +123,27 @@ def test_keep_damps_the_residual_the_fit_does_not_explain_only_where_guided():
         dataclasses.replace(rs, keep=1.5)
 
 
+def test_damp_sigma_min_keeps_the_residual_whole_on_rows_below_it():
+    """``damp_sigma_min``: a guided row whose full-size sigma lies below it gets the undamped rule bit for bit; a row
+    at or above it is damped as with ``keep`` alone."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(6)
+    rs = LatentResampler((2, 2), torch.randn(4, 4, 4, 4, generator=g) * 0.1, torch.randn(4, generator=g),
+                         torch.randn(16, 4, 3, 3, generator=g) * 0.1, torch.randn(16, generator=g), {})
+    x = torch.randn(3, 4, 8, 10, generator=g)
+    s = torch.tensor([2.0, 0.5, 1.0])  # all three inside the window; the second below damp_sigma_min
+    pl = G.GuidancePlan.build((2, 2), shape="constant", scale=1.5, window="sigma", window_range=(10.0, 0.1))
+    d = den(x, s)
+    plain = G.guide_x0(x, s, d, den, pl, 1, {(2, 2): rs})
+    damped = G.guide_x0(x, s, d, den, pl, 1, {(2, 2): dataclasses.replace(rs, keep=0.7)})
+    floored = G.guide_x0(x, s, d, den, pl, 1, {(2, 2): dataclasses.replace(rs, keep=0.7, damp_sigma_min=1.0)})
+    assert torch.equal(floored[1], plain[1]) and not torch.allclose(damped[1], plain[1], atol=1e-3)
+    assert torch.equal(floored[0], damped[0]) and torch.equal(floored[2], damped[2])
+    with pytest.raises(ValueError, match="damp_sigma_min"):
+        dataclasses.replace(rs, damp_sigma_min=-0.1)
+
+
 def test_eps_form_with_resamplers_equals_x0_form():
     from lib_chroma.schedule import model_schedule
 

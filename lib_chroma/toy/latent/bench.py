@@ -32,7 +32,8 @@ the model at half its native size, nested as in :func:`lib_chroma.guidance.guide
 correction on decoded images and encodes it back (:class:`lib_chroma.toy.latent.runs.PixelSpaceGuidedDenoiser`,
 one level, on the plan's grid); ``space=resampled`` uses the latent resamplers fitted to the autoencoder
 (:mod:`lib_chroma.resampler`, shipped in ``weights/latent_resamplers.safetensors``) for ``D`` and ``U``
-(``--resamplers dead-leaves``: fitted as the WebUI fits them; ``--resampler-keep K``: used with ``keep = K``).
+(``--resamplers dead-leaves``: fitted as the WebUI fits them; ``--resampler-keep K``: used with ``keep = K``;
+``--resampler-damp-min S``: no damping below full-size sigma ``S``).
 
 ``--peers``: the UNet-patching peers (:data:`PEER_ROWS`) with their SD 1.5 defaults for the factor, Deep Shrink
 with the library's default guidance, its low-resolution call bypassing the shrink (as the WebUI adapters do) or
@@ -146,14 +147,17 @@ def tile(imgs: torch.Tensor, cols: int = 8) -> Any:
     return out
 
 
-#: The resamplers file ``space=resampled`` rows use (``None``: the shipped one) and the ``keep`` they are used with.
-RESAMPLERS: dict[str, Any] = {"path": None, "keep": 1.0}
+#: The resamplers file ``space=resampled`` rows use (``None``: the shipped one) and the ``keep`` and
+#: ``damp_sigma_min`` they are used with.
+RESAMPLERS: dict[str, Any] = {"path": None, "keep": 1.0, "damp_sigma_min": 0.0}
 
 
 def _resamplers(model: LatentModel) -> dict[tuple[int, int], Any]:
     rs = latent_resamplers.load(RESAMPLERS["path"], model)
-    keep = float(RESAMPLERS["keep"])
-    return rs if keep == 1.0 else {k: dataclasses.replace(v, keep=keep) for k, v in rs.items()}
+    keep, floor = float(RESAMPLERS["keep"]), float(RESAMPLERS.get("damp_sigma_min", 0.0))
+    if keep == 1.0:
+        return rs
+    return {k: dataclasses.replace(v, keep=keep, damp_sigma_min=floor) for k, v in rs.items()}
 
 
 #: Where :func:`_row` saves the first images of each row (``None``: nowhere), and how many.
@@ -509,6 +513,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument("--resampler-keep", type=float, default=1.0, metavar="K",
                    help="the share of the residual the resamplers keep, every factor (lib_chroma.resampler; the "
                         "WebUI's fitted resamplers: 0.9 at 2x2 levels, 1 at 3x)")
+    p.add_argument("--resampler-damp-min", type=float, default=0.0, metavar="S",
+                   help="with --resampler-keep below 1: the full-size sigma below which nothing is damped")
     p.add_argument("--images", type=int, default=16, help="save the first N images of each row as PNG (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -518,7 +524,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.weights)
     SAMPLES.update(dir=args.out / "samples", count=args.images)
-    RESAMPLERS.update(path=args.resamplers, keep=args.resampler_keep)
+    RESAMPLERS.update(path=args.resamplers, keep=args.resampler_keep, damp_sigma_min=args.resampler_damp_min)
     n, steps, factors = (8, 6, [2]) if args.quick else (args.n, args.steps, args.factors)
     t0 = time.time()
     if args.prompts:
